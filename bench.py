@@ -1,0 +1,150 @@
+"""bench: speed and memory of the engine, measured (never asserted by tests).
+
+- gradient: one full-batch loss gradient (forward + backward) against the GEMM
+  bound, the time of the very matrix products that pass contains;
+- steps: milliseconds per accepted step of real gradient-flow training;
+- ntk: the structured NTK against the Jacobian method (time and peak memory),
+  and against one forward + backward on the same points.
+"""
+import math
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+import experiments
+import kernels
+import lazyfeat as lf
+
+
+def synchronize(xp):
+    """Wait for the GPU to finish (a no-op for NumPy), so that timings are real."""
+    if xp is not np:
+        xp.cuda.Device().synchronize()
+
+
+def median_time(fn, xp, repeat=5):
+    """The median wall time of fn() over `repeat` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        synchronize(xp)
+        start = time.perf_counter()
+        fn()
+        synchronize(xp)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory(fn, xp):
+    """The peak memory in bytes that fn() allocates (NumPy: tracemalloc; CuPy: the memory pool)."""
+    if xp is np:
+        tracemalloc.start()
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak
+    pool = xp.get_default_memory_pool()
+    pool.free_all_blocks()
+    fn()
+    synchronize(xp)
+    return pool.total_bytes()
+
+
+def gemm_shapes(net, cache):
+    """The (m, k, n) of every matrix product in one forward + backward pass, read off the caches.
+
+    Dense: forward (n, in) x (in, out), weight gradient (out, n) x (n, in), input
+    gradient (n, out) x (out, in). Conv, with K = C k^2 and N = n x positions:
+    (out, K) x (K, N), (out, N) x (N, K), (K, out) x (out, N). The first trained
+    layer needs no input gradient; the readout's matrix-vector products are left out.
+    """
+    shapes = []
+    for i, layer in enumerate(net.layers):
+        if isinstance(layer, lf.Dense):
+            n, k = cache[i].shape
+            m = layer.fan_out
+            shapes += [(n, k, m), (m, n, k)] + ([(n, m, k)] if i > net.first_trained else [])
+        elif isinstance(layer, lf.Conv):
+            K, N = cache[i][0].shape
+            O = layer.out_ch
+            shapes += [(O, K, N), (O, N, K)] + ([(K, O, N)] if i > net.first_trained else [])
+    return shapes
+
+
+def gemm_bound(shapes, xp, dtype):
+    """The time of the plain matrix products of these shapes on random matrices."""
+    rng = np.random.default_rng(0)
+    pairs = [(xp.asarray(rng.standard_normal((m, k)), dtype=dtype), xp.asarray(rng.standard_normal((k, n)), dtype=dtype))
+             for m, k, n in shapes]
+    return median_time(lambda: [a @ b for a, b in pairs], xp)
+
+
+def bench_gradient(name, net, x, device="cpu", dtype="float64"):
+    """One full-batch loss gradient of `net` on x, against its GEMM bound."""
+    params = net.init(0, device, dtype)
+    xp = lf.array_module(params[0])
+    y = np.where(np.arange(len(x)) % 2 == 0, 1.0, -1.0)
+    objective = lf.Objective(net, params, x, y, 1.0)
+    seconds = median_time(lambda: objective.evaluate(params), xp)
+    _, cache = net.forward(params, objective.x)
+    shapes = gemm_shapes(net, cache)
+    bound = gemm_bound(shapes, xp, params[0].dtype)
+    gflop = sum(2 * m * k * n for m, k, n in shapes) / 1e9
+    return {"bench": "gradient", "case": name, "ms": 1e3 * seconds, "gemm_ms": 1e3 * bound,
+            "of_gemm_bound": bound / seconds, "gflop": gflop, "gflop_per_s": gflop / seconds}
+
+
+def bench_steps(steps=500, device="cpu", dtype="float64"):
+    """ms per accepted step of the paper's gradient flow: FC L=3 h=100 on Fashion-MNIST, p=1000."""
+    config = {"dataset": "fashion", "p": 1000, "p_test": 1000, "h": 100, "L": 3, "alpha_sqrt_h": 1e4,
+              "max_steps": steps, "device": device, "dtype": dtype}
+    result = experiments.fit(config)
+    return {"bench": "steps", "case": f"FC h=100 L=3 fashion p=1000, {result['steps_accepted']} steps",
+            "ms_per_step": result["ms_per_step"], "steps_rejected": result["steps_rejected"]}
+
+
+def bench_ntk(name, net, x, method, chunk=1024, device="cpu", dtype="float64"):
+    """The NTK of `net` on the points x by `method`: time, peak memory, and time over one forward + backward."""
+    params = net.init(0, device, dtype)
+    xp = lf.array_module(params[0])
+    x = xp.asarray(x, dtype=params[0].dtype)
+    seconds = median_time(lambda: kernels.ntk(net, params, x, chunk=chunk, method=method), xp, repeat=1)
+    peak = peak_memory(lambda: kernels.ntk(net, params, x, chunk=chunk, method=method), xp)
+
+    def forward_backward():
+        f, cache = net.forward(params, x)
+        net.backward(params, cache, xp.ones_like(f))
+
+    pass_seconds = median_time(forward_backward, xp)
+    return {"bench": "ntk", "case": f"{name}, {method}, chunk {chunk}", "ms": 1e3 * seconds,
+            "peak_mb": peak / 2**20, "over_forward_backward": seconds / pass_seconds}
+
+
+def random_inputs(shape, seed=0):
+    """Gaussian inputs with the norm of preprocessed images (|x| = sqrt(D))."""
+    x = np.random.default_rng(seed).standard_normal(shape)
+    flat = x.reshape(len(x), -1)
+    return x * (math.sqrt(flat.shape[1]) / np.linalg.norm(flat, axis=1)).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def all_benchmarks(device="cpu", dtype="float64", steps=500, jacobian_points=128):
+    """Every benchmark of the project, one dict each, as they are measured.
+
+    The Jacobian method of the FC net (h = 1000: 2.8 million weights) forms
+    chunk x 2.8e6 matrices and needs minutes and gigabytes on 1000 points: it
+    is timed on its first `jacobian_points`, beside the structured NTK on the same points.
+    """
+    yield bench_gradient("FC L=3 h=100 p=1000 D=784", lf.FC(784, 100, 3), random_inputs((1000, 784)), device, dtype)
+    yield bench_gradient("FC L=3 h=1000 p=1000 D=784", lf.FC(784, 1000, 3), random_inputs((1000, 784)), device, dtype)
+    yield bench_gradient("CNN h=32 p=256 28x28", lf.CNN(1, 32), random_inputs((256, 1, 28, 28)), device, dtype)
+    yield bench_steps(steps, device, dtype)
+    fc, x_fc = lf.FC(784, 1000, 3), random_inputs((1000, 784))
+    yield bench_ntk("FC L=3 h=1000, 1000 points", fc, x_fc, "layers", device=device, dtype=dtype)
+    few = f"FC L=3 h=1000, {jacobian_points} points"
+    yield bench_ntk(few, fc, x_fc[:jacobian_points], "layers", device=device, dtype=dtype)
+    yield bench_ntk(few, fc, x_fc[:jacobian_points], "jacobian", 64, device, dtype)
+    cnn, x_cnn = lf.CNN(1, 32), random_inputs((500, 1, 28, 28))
+    yield bench_ntk("CNN h=32, 500 points 28x28", cnn, x_cnn, "layers", 250, device, dtype)
+    yield bench_ntk("CNN h=32, 500 points 28x28", cnn, x_cnn, "jacobian", 125, device, dtype)

@@ -1,0 +1,111 @@
+"""experiments: one training run described by a plain config, and its measurements.
+
+A config is a dict of JSON values (so that a sweep can hash it and store its
+result): the data, the network, alpha sqrt(h), the seeds, the training method
+and what to measure. `fit(config)` runs it and returns a JSON-ready result:
+the run's summary and records, the kernel change on fixed test points, and,
+when asked, the test predictor and the init./final kernel baselines.
+"""
+import math
+
+import datasets
+import kernels
+import lazyfeat as lf
+
+# Every key a config may have, with its default. A config names only what differs.
+DEFAULTS = {
+    # data: the first p samples of `dataset` (shuffled with data_seed) train, the next p_test test
+    "dataset": "fashion", "pca": None, "d": None, "p": 1000, "p_test": 10000, "data_seed": 0,
+    # network
+    "arch": "fc", "h": 100, "L": 3, "act": "softplus", "bias": 0.0,
+    # the alpha trick: alpha = alpha_sqrt_h / sqrt(h); subtract f(w0) or not ("alphaf")
+    "alpha_sqrt_h": 1.0, "subtract_f0": True, "loss": "softhinge",
+    # training: the seed of the initialisation, the method and its settings, the limits
+    "seed": 0, "method": "flow", "max_dgrad": 1e-4, "max_dout": 0.1, "tau": 0.0,
+    "lr": 1e-3, "batch_size": 32, "max_time": None, "max_wall": None, "max_steps": None, "checkpoints": 20,
+    # measurements: the kernel change on the first kernel_points test points (0: none), also
+    # along the run; the test predictor; the frozen-kernel baselines
+    "kernel_points": 0, "kernel_along": False, "store_F_test": False, "baselines": False,
+    # where and how
+    "device": "cpu", "dtype": "float64",
+}
+
+
+def full_config(config):
+    """The config with every default filled in; unknown keys are an error that names them."""
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **config}
+
+
+def build_network(c, x_shape):
+    """The network of config `c` for inputs of shape x_shape (n, ...)."""
+    if c["arch"] == "fc":
+        return lf.FC(math.prod(x_shape[1:]), c["h"], c["L"], c["act"], c["bias"])
+    if c["arch"] == "cnn":
+        if len(x_shape) != 4:
+            raise ValueError(f"the CNN needs images; {c['dataset']} gives inputs of shape {x_shape[1:]} "
+                             "(drop pca, or give d as (C, H, W) for a synthetic set)")
+        return lf.CNN(x_shape[1], c["h"], c["act"])
+    raise ValueError(f"unknown architecture {c['arch']!r}; choose 'fc' or 'cnn'")
+
+
+def load_data(c):
+    """The data of config `c`, shaped for its architecture (flattened for the FC net)."""
+    d = tuple(c["d"]) if isinstance(c["d"], list) else c["d"]
+    x, y, x_test, y_test = datasets.load(c["dataset"], c["p"], c["p_test"], seed=c["data_seed"],
+                                         pca=c["pca"], d=d)
+    if c["arch"] == "fc":
+        x, x_test = x.reshape(len(x), -1), x_test.reshape(len(x_test), -1)
+    return x, y, x_test, y_test
+
+
+def alpha_of(c):
+    """The paper's alpha from the control variable: alpha = (alpha sqrt(h)) / sqrt(h)."""
+    return lf.check_alpha(c["alpha_sqrt_h"]) / math.sqrt(c["h"])
+
+
+def limits_of(c):
+    """The stop limits of config `c` (None: no limit)."""
+    return {"max_time": c["max_time"] or math.inf, "max_wall": c["max_wall"] or math.inf,
+            "max_steps": c["max_steps"]}
+
+
+def to_list(a):
+    """A device array as a list of floats (for JSON)."""
+    return [float(v) for v in (a.get() if hasattr(a, "get") else a)]
+
+
+def fit(config):
+    """Run config `config` from start to end and return its JSON-ready result."""
+    c = full_config(config)
+    x, y, x_test, y_test = load_data(c)
+    if c["kernel_points"] > len(x_test):
+        raise ValueError(f"kernel_points={c['kernel_points']} exceeds p_test={len(x_test)}")
+    net = build_network(c, x.shape)
+    params0 = net.init(c["seed"], c["device"], c["dtype"])
+    xp, dtype = lf.array_module(params0[0]), params0[0].dtype
+    x, y, x_test, y_test = (xp.asarray(a, dtype=dtype) for a in (x, y, x_test, y_test))
+    x_kernel = x_test[:c["kernel_points"]]
+    theta0 = kernels.ntk(net, params0, x_kernel) if c["kernel_points"] else None
+    callback = kernels.kernel_change_callback(net, x_kernel, theta0) if c["kernel_along"] and theta0 is not None \
+        else None
+    alpha = alpha_of(c)
+    run = lf.train(net, params0, x, y, alpha, x_test, y_test, method=c["method"], loss=c["loss"],
+                   subtract_f0=c["subtract_f0"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], tau=c["tau"],
+                   lr=c["lr"], batch_size=c["batch_size"], seed=c["seed"], checkpoints=c["checkpoints"],
+                   callback=callback, **limits_of(c))
+    result = {**run.summary(), "alpha": alpha, "n_params": sum(int(w.size) for w in params0),
+              "ms_per_step": 1e3 * run.wall_s / max(run.steps_accepted, 1), "records": run.records}
+    if theta0 is not None:
+        result["kernel_change"] = kernels.kernel_change(kernels.ntk(net, run.params, x_kernel), theta0)
+    if c["store_F_test"]:
+        result["F_test"] = to_list(run.F_test)
+    if c["baselines"]:
+        options = dict(loss=c["loss"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], **limits_of(c))
+        if not c["subtract_f0"]:  # the kernel predictors start where the network started
+            options.update(F0=alpha * net.predict(params0, x), F0_test=alpha * net.predict(params0, x_test))
+        for name, params in (("init_kernel", params0), ("final_kernel", run.params)):
+            result[name] = kernels.baseline(net, params, x, y, x_test, y_test, alpha, **options).summary()
+    return result

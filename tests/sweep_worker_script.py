@@ -1,0 +1,26 @@
+"""Run the test sweep of sweep_fns.features: python sweep_worker_script.py RESULTS_DIR WORKERS.
+
+The resume test starts this script, kills it part way and starts it again.
+At the end it prints, as JSON, the results and the Dask modules it imported.
+"""
+
+import json
+import signal
+import sys
+
+import sweep
+from tests import sweep_fns
+
+
+def main(results_dir, workers):
+    """Run the sweep and print its results and the Dask modules loaded."""
+    results = sweep.run(sweep_fns.features, sweep_fns.CONFIGS, results_dir, workers=workers,
+                        progress=False)
+    dask_modules = sorted(name for name in sys.modules if name.split(".")[0] in ("dask", "distributed"))
+    print(json.dumps({"results": results, "dask_modules": dask_modules}))
+
+
+if __name__ == "__main__":
+    # SIGINT raises KeyboardInterrupt even if whoever started us ignores it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    main(sys.argv[1], int(sys.argv[2]))

@@ -1,0 +1,307 @@
+"""Properties of the engine: networks, backward passes, losses, the integrator, training."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings, strategies as st
+
+import lazyfeat as lf
+
+ACTS = sorted(lf.RAW_ACTIVATIONS)
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@st.composite
+def fc_case(draw):
+    """A small FC net, its parameters (perturbed from init, biases nonzero) and inputs."""
+    d, h, L = draw(st.integers(1, 6)), draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    act, bias = draw(st.sampled_from(ACTS)), draw(st.sampled_from([0.0, 0.1, 0.5]))
+    net = lf.FC(d, h, L, act, bias)
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    params = [w + 0.3 * rng.standard_normal(w.shape) for w in net.init(seed)]
+    return net, params, rng.standard_normal((draw(st.integers(1, 5)), d))
+
+
+@st.composite
+def cnn_case(draw):
+    """A small CNN, its parameters and images of drawn size (the smallest it accepts is 19x19)."""
+    c, h, act = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.sampled_from(ACTS))
+    net = lf.CNN(c, h, act)
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    size = (draw(st.integers(1, 3)), c, draw(st.integers(19, 23)), draw(st.integers(19, 23)))
+    return net, net.init(seed), rng.standard_normal(size)
+
+
+def min_preactivation(net, params, x):
+    """The smallest |z| entering an activation: relu's kink must stay out of the finite difference."""
+    _, cache = net.forward(params, x)
+    return min(np.abs(c).min() for layer, c in zip(net.layers, cache) if isinstance(layer, lf.Activation))
+
+
+def directional_check(value, grads, params, rng, eps=1e-5):
+    """<grad, V> from backward against (value(w + eps V) - value(w - eps V)) / (2 eps) for a random V.
+
+    Returns the relative error; the rounding of the two values (about 1e-16 |value| / eps)
+    is allowed for, so that a tiny derivative of a large value is not mistaken for an error.
+    """
+    V = [rng.standard_normal(w.shape) for w in params]
+    analytic = sum(np.sum(g * v) for g, v in zip(grads, V))
+    plus = value([w + eps * v for w, v in zip(params, V)])
+    minus = value([w - eps * v for w, v in zip(params, V)])
+    numeric = (plus - minus) / (2 * eps)
+    rounding = 1e-14 * (abs(plus) + abs(minus)) / eps
+    return max(0.0, abs(analytic - numeric) - rounding) / (abs(analytic) + abs(numeric) + 1e-300)
+
+
+@SETTINGS
+@given(st.one_of(fc_case(), cnn_case()), st.integers(0, 2**16))
+def test_backward_equals_central_finite_differences(case, seed):
+    net, params, x = case
+    assume(min_preactivation(net, params, x) > 1e-3)
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(len(x))
+    f, cache = net.forward(params, x)
+    assert f.shape == (len(x),)
+    grads = net.backward(params, cache, g)
+    assert [a.shape for a in grads] == [w.shape for w in params]
+    assert directional_check(lambda w: net.forward(w, x)[0] @ g, grads, params, rng) < 1e-6
+
+
+@SETTINGS
+@given(fc_case(), st.sampled_from(sorted(lf.LOSSES)), st.floats(-3, 3), st.booleans(), st.integers(0, 2**16))
+def test_loss_gradient_equals_central_finite_differences(case, loss, log_alpha, subtract, seed):
+    net, params, x = case
+    assume(min_preactivation(net, params, x) > 1e-3)
+    rng = np.random.default_rng(seed)
+    y = rng.choice([-1.0, 1.0], len(x))
+    objective = lf.Objective(net, net.init(seed + 1), x, y, 10.0**log_alpha, loss=loss, subtract_f0=subtract)
+    point = objective.evaluate(params)
+    assume(np.abs(point.margins - 1).min() > 1e-3)  # the hinges' kink
+    assert directional_check(lambda w: objective.evaluate(w, need_grad=False).loss, point.grad, params, rng) < 1e-6
+
+
+def naive_conv(x, W, stride, pad=1):
+    """The convolution by its definition, a loop over every output entry: (n, C, H, W) -> (n, O, OH, OW)."""
+    n, C, H, Wd = x.shape
+    O, _, k, _ = W.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    OH, OW = (H + 2 * pad - k) // stride + 1, (Wd + 2 * pad - k) // stride + 1
+    out = np.zeros((n, O, OH, OW))
+    for s in range(n):
+        for o in range(O):
+            for i in range(OH):
+                for j in range(OW):
+                    patch = xp[s, :, i * stride:i * stride + k, j * stride:j * stride + k]
+                    out[s, o, i, j] = np.sum(patch * W[o]) / math.sqrt(C * k * k)
+    return out
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(5, 9), st.integers(5, 9), st.sampled_from([1, 2]),
+       st.integers(1, 3), st.integers(0, 2**16))
+def test_conv_forward_equals_naive_loop(C, O, H, W, stride, n, seed):
+    rng = np.random.default_rng(seed)
+    layer = lf.Conv(C, O, stride)
+    weights = layer.init(rng)
+    x = rng.standard_normal((n, C, H, W))
+    z, _ = layer.forward(weights, x.transpose(1, 0, 2, 3))
+    np.testing.assert_allclose(z.transpose(1, 0, 2, 3), naive_conv(x, weights[0], stride), rtol=1e-12, atol=1e-12)
+
+
+@SETTINGS
+@given(st.integers(1, 3), st.integers(1, 3), st.integers(5, 9), st.integers(5, 9), st.sampled_from([1, 2]),
+       st.integers(0, 2**16))
+def test_col2im_is_the_adjoint_of_im2col(C, n, H, W, stride, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((C, n, H, W))
+    cols = lf.im2col(a, 5, stride, 1)
+    b = rng.standard_normal(cols.shape)
+    assert np.isclose(np.sum(cols * b), np.sum(a * lf.col2im(b, a.shape, 5, stride, 1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ACTS)
+def test_activation_normalisation_gives_unit_second_moment(name):
+    """E[(c sigma(z))^2] = 1, checked by a trapezoid rule independent of the quadrature that set c."""
+    z = np.linspace(-14, 14, 400_001)
+    density = np.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+    a, _ = lf.Activation(name).forward([], z)
+    assert abs(np.trapezoid(a**2 * density, z) - 1) < 1e-6
+
+
+def test_relu_normalisation_is_sqrt_two():
+    assert lf.normalisation("relu") == pytest.approx(math.sqrt(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ACTS)
+def test_activation_derivative_equals_finite_differences(name):
+    z = np.linspace(-4, 4, 801) + 1e-3  # relu's kink at 0 stays off the grid
+    layer = lf.Activation(name)
+    _, cache = layer.forward([], z)
+    analytic = layer.backward_input([], cache, np.ones_like(z))
+    numeric = (layer.forward([], z + 1e-6)[0] - layer.forward([], z - 1e-6)[0]) / 2e-6
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def toy_task(p=60, p_test=200, d=5, seed=0):
+    """Gaussian inputs labelled by the sign of their first coordinate."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p + p_test, d))
+    y = np.where(x[:, 0] > 0, 1.0, -1.0)
+    return x[:p], y[:p], x[p:], y[p:]
+
+
+@SETTINGS
+@given(st.one_of(fc_case(), cnn_case()), st.floats(-3, 3))
+def test_predictor_is_zero_at_initialisation(case, log_alpha):
+    net, params, x = case
+    objective = lf.Objective(net, params, x, np.ones(len(x)), 10.0**log_alpha)
+    assert np.all(objective.evaluate(params).F == 0)
+
+
+def test_same_seed_gives_same_numbers_and_other_seeds_differ():
+    net = lf.FC(5, 8, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(net.init(3), net.init(3)))
+    assert not np.array_equal(net.init(3)[0], net.init(4)[0])
+    x, y, xt, yt = toy_task()
+    runs = [lf.train(net, net.init(3), x, y, 1.0, xt, yt, max_steps=50) for _ in range(2)]
+    strip = [[{k: v for k, v in r.items() if k != "wall"} for r in run.records] for run in runs]
+    assert strip[0] == strip[1]
+    assert np.array_equal(runs[0].F_test, runs[1].F_test)
+
+
+class Spy:
+    """A system that remembers every state the integrator asks it to evaluate."""
+
+    def __init__(self, system):
+        self.system, self.seen = system, []
+
+    def evaluate(self, state):
+        self.seen.append([w.copy() for w in state])
+        return self.system.evaluate(state)
+
+    def observe(self, state, point):
+        return self.system.observe(state, point)
+
+
+def test_rejected_steps_leave_the_state_bit_identical():
+    net = lf.FC(5, 8, 2)
+    x, y, _, _ = toy_task()
+    params0 = net.init(0)
+    snapshot = [w.copy() for w in params0]
+    spy = Spy(lf._NetworkSystem(lf.Objective(net, params0, x, y, 1.0)))
+    run = lf.gradient_flow(spy, list(params0), dt=1e4, max_steps=1)
+    assert run.steps_rejected >= 2 and run.steps_accepted == 1
+    assert all(np.array_equal(a, b) for a, b in zip(params0, snapshot))
+    grad0 = spy.system.evaluate(snapshot).grad
+    # every trial started from the untouched w0, with dt divided by 10 each time
+    for k, trial in enumerate(spy.seen[1:]):
+        expected = [w - (1e4 / 10**k) * g for w, g in zip(snapshot, grad0)]
+        assert all(np.array_equal(a, b) for a, b in zip(trial, expected))
+    assert all(np.array_equal(a, b) for a, b in zip(run.state, spy.seen[-1]))
+
+
+@pytest.mark.parametrize("method", ["flow", "adam"])
+def test_small_run_reaches_fitted_and_its_loss_decreases(method):
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 20, 2)
+    run = lf.train(net, net.init(0), x, y, 1.0, xt, yt, method=method, lr=1e-2, checkpoints=100_000)
+    assert run.status == "fitted"
+    assert np.all(y * run.F >= 1)
+    assert run.test_error < 0.2
+    losses = [r["loss"] for r in run.records]
+    if method == "flow":  # every accepted step of gradient flow lowers the loss
+        assert len(run.records) == run.steps_accepted + 1
+        assert all(b <= a for a, b in zip(losses, losses[1:]))
+    else:  # stochastic: only overall
+        assert losses[-1] < 0.1 * losses[0]
+
+
+def test_momentum_flow_reaches_fitted():
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 20, 2)
+    run = lf.train(net, net.init(0), x, y, 1.0, xt, yt, tau=0.5)
+    assert run.status == "fitted" and run.test_error < 0.2
+
+
+def test_halving_the_step_bounds_shrinks_the_error_of_the_test_predictor():
+    """Euler's error is first order in dt, and the adaptive dt shrinks with the bounds
+    (as sqrt(max_dgrad) where dgrad binds): each halving brings F_test closer to a run
+    with bounds 2^9 times tighter, at the same time t = 3."""
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 20, 2)
+    params0 = net.init(0)
+
+    def F_test(k):
+        return lf.train(net, params0, x, y, 1.0, xt, yt, max_dgrad=1e-3 / 2**k, max_dout=0.5 / 2**k,
+                        max_time=3.0).F_test
+
+    reference = F_test(9)
+    errors = [np.abs(F_test(k) - reference).max() for k in range(5)]
+    assert errors[0] < 0.01 * np.abs(reference).max()
+    assert all(b < 0.9 * a for a, b in zip(errors, errors[1:]))
+
+
+def test_time_limit_is_met_exactly():
+    x, y, _, _ = toy_task()
+    net = lf.FC(5, 20, 2)
+    run = lf.train(net, net.init(0), x, y, 1.0, max_time=0.37)
+    assert run.status == "time" and run.t == 0.37
+
+
+def test_diverged_is_reported_for_a_run_forced_to_blow_up():
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 20, 2)
+    flow = lf.train(net, net.init(0), x, y, 1.0, xt, yt, dt=1e300, max_dgrad=math.inf, max_dout=math.inf)
+    assert flow.status == "diverged" and flow.steps_accepted == 0
+    blown = [1e300 * w for w in net.init(0)]
+    assert lf.train(net, blown, x, y, 1.0, subtract_f0=False).status == "diverged"
+    adam = lf.train(net, net.init(0), x, y, 1.0, method="adam", lr=1e300)
+    assert adam.status == "diverged"
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: lf.FC(5, 0, 2), "h must be an integer >= 1"),
+    (lambda: lf.FC(5, 3, 0), "L must be an integer >= 1"),
+    (lambda: lf.FC(5, 3, 2, act="sigmoid"), "unknown activation 'sigmoid'"),
+    (lambda: lf.CNN(1, 3, act="gelu"), "unknown activation 'gelu'"),
+    (lambda: lf.FC(5, 3, 2, bias=-1), "bias must be a finite number >= 0"),
+])
+def test_bad_network_arguments_raise_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("alpha", [0, -1.0, math.nan, math.inf])
+def test_bad_alpha_raises_a_clear_error(alpha):
+    x, y, _, _ = toy_task()
+    net = lf.FC(5, 3, 2)
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+        lf.train(net, net.init(0), x, y, alpha)
+
+
+def test_wrong_input_shapes_raise_clear_errors():
+    x, y, _, _ = toy_task()
+    fc, cnn = lf.FC(5, 3, 2), lf.CNN(1, 3)
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(n, 5\)"):
+        lf.train(fc, fc.init(0), x[:, :4], y, 1.0)
+    with pytest.raises(ValueError, match="flatten images"):
+        fc.forward(fc.init(0), np.zeros((3, 1, 5, 1)))
+    with pytest.raises(ValueError, match=r"expects images of shape \(n, 1, H, W\)"):
+        cnn.forward(cnn.init(0), np.zeros((3, 2, 28, 28)))
+    with pytest.raises(ValueError, match="at least 19x19"):
+        cnn.forward(cnn.init(0), np.zeros((3, 1, 12, 12)))
+
+
+def test_bad_labels_loss_and_method_raise_clear_errors():
+    x, y, _, _ = toy_task()
+    net = lf.FC(5, 3, 2)
+    with pytest.raises(ValueError, match=r"labels \+1 or -1"):
+        lf.train(net, net.init(0), x, 2 * y, 1.0)
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        lf.train(net, net.init(0), x, y, 1.0, loss="mse")
+    with pytest.raises(ValueError, match="unknown method 'sgd'"):
+        lf.train(net, net.init(0), x, y, 1.0, method="sgd")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'gpu'"):
+        net.init(0, device="tpu")

@@ -1,0 +1,267 @@
+"""Tests of sweep.py: keys, result files, resuming after a kill, parallel and Dask runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sweep
+from tests import sweep_fns
+from tests.sweep_fns import CONFIGS, features
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "tests" / "sweep_worker_script.py"
+TIMEOUT = 60
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5),
+                         st.floats(allow_nan=False))
+small_configs = st.dictionaries(st.text(max_size=5), json_scalars, min_size=1, max_size=5)
+
+
+@pytest.fixture
+def markers(tmp_path_factory, monkeypatch):
+    """Make a fresh marker folder the one that sweep_fns records its calls in."""
+    def fresh(name):
+        folder = tmp_path_factory.mktemp(f"markers-{name}")
+        monkeypatch.setenv("SWEEP_TEST_MARKERS", str(folder))
+        return folder
+    return fresh
+
+
+def serial_results(folder):
+    """The results of the test sweep, computed serially into `folder`."""
+    return sweep.run(features, CONFIGS, folder, progress=False)
+
+
+def seeds(configs):
+    """How many times each seed occurs in `configs`."""
+    return Counter(config["seed"] for config in configs)
+
+
+@given(small_configs)
+def test_key_does_not_depend_on_the_order_of_fields(config):
+    reordered = dict(reversed(list(config.items())))
+    assert sweep.key(features, config) == sweep.key(features, reordered)
+
+
+@given(small_configs, json_scalars, st.data())
+def test_key_changes_with_any_value(config, value, data):
+    field = data.draw(st.sampled_from(sorted(config)))
+    changed = {**config, field: value}
+    if sweep.canonical(value) != sweep.canonical(config[field]):
+        assert sweep.key(features, config) != sweep.key(features, changed)
+
+
+def test_key_compares_floats_by_value_and_names_the_function():
+    assert sweep.key(features, {"lr": 1e-2}) == sweep.key(features, {"lr": 0.01})
+    assert sweep.key(features, {"lr": 0.1}) != sweep.key(features, {"lr": 0.1000001})
+    assert sweep.key(features, {"lr": 0.1}) != sweep.key(sweep_fns.blas_threads, {"lr": 0.1})
+
+
+def test_serial_sweep_returns_results_in_order_and_then_computes_nothing(tmp_path, markers):
+    configs = [CONFIGS[4], CONFIGS[1], CONFIGS[4], CONFIGS[7]]
+    expected = [features(config) for config in configs]
+    first = markers("first")
+    assert sweep.run(features, configs, tmp_path / "results", progress=False) == expected
+    assert sweep_fns.calls(first) == {4: 1, 1: 1, 7: 1}
+    second = markers("second")
+    assert sweep.run(features, configs, tmp_path / "results", progress=False) == expected
+    assert sweep_fns.calls(second) == {}
+    assert len(list((tmp_path / "results").glob("*.json"))) == 3
+
+
+def truncate(record, text):
+    """A result file cut off half way."""
+    return text[: len(text) // 2]
+
+
+def change_result(record, text):
+    """A result file whose result no longer matches its checksum."""
+    record["result"]["norm"] += 1
+    return json.dumps(record)
+
+
+def change_config(record, text):
+    """A result file that holds another configuration."""
+    record["config"]["width"] = 4
+    return json.dumps(record)
+
+
+def not_a_record(record, text):
+    """Valid JSON that is not a result record."""
+    return "[1, 2, 3]"
+
+
+@pytest.mark.parametrize("damage", [truncate, change_result, change_config, not_a_record])
+def test_a_damaged_file_is_recomputed_and_only_it(damage, tmp_path, markers):
+    expected = serial_results(tmp_path / "results")
+    path = Path(sweep.result_path(features, CONFIGS[5], tmp_path / "results"))
+    text = path.read_text()
+    path.write_text(damage(json.loads(text), text))
+    assert sweep.missing(features, CONFIGS, tmp_path / "results") == [CONFIGS[5]]
+    recomputed = markers("recomputed")
+    with pytest.warns(UserWarning, match=path.name):
+        assert serial_results(tmp_path / "results") == expected
+    assert sweep_fns.calls(recomputed) == {5: 1}
+    assert path.read_text() == text
+
+
+def start_sweep_script(results_dir, workers, marker_folder, sleep):
+    """Start the test sweep in a new Python process."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "SWEEP_TEST_SLEEP": str(sleep),
+                   "SWEEP_TEST_MARKERS": str(marker_folder)}
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(results_dir), str(workers)],
+                            cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_result_files(process, results_dir, count):
+    """Wait until `results_dir` holds `count` result files, while `process` runs."""
+    deadline = time.monotonic() + TIMEOUT
+    while len(list(results_dir.glob("*.json"))) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the sweep script produced no results in time"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum, workers", [(signal.SIGKILL, 1), (signal.SIGINT, 1),
+                                             (signal.SIGINT, 2)],
+                         ids=["SIGKILL", "SIGINT", "SIGINT-2-workers"])
+def test_a_killed_sweep_resumes_with_only_the_missing_runs(signum, workers, tmp_path, markers):
+    results_dir = tmp_path / "results"
+    first_markers = markers("first")
+    first = start_sweep_script(results_dir, workers, first_markers, sleep=0.4)
+    wait_for_result_files(first, results_dir, 3)
+    first.send_signal(signum)
+    first.communicate(timeout=TIMEOUT)
+    assert first.returncode != 0
+    assert sweep_fns.calls(first_markers).total() < len(CONFIGS)
+    left = sweep.missing(features, CONFIGS, results_dir)
+    assert len(list(results_dir.glob("*.json"))) == len(CONFIGS) - len(left)
+
+    second_markers = markers("second")
+    second = start_sweep_script(results_dir, workers, second_markers, sleep=0)
+    output, errors = second.communicate(timeout=TIMEOUT)
+    assert second.returncode == 0, errors
+    assert sweep_fns.calls(second_markers) == seeds(left)
+    summary = json.loads(output)
+    assert summary["results"] == serial_results(tmp_path / "uninterrupted")
+    assert summary["dask_modules"] == []
+
+
+def test_two_worker_processes_give_the_serial_results(tmp_path, markers):
+    expected = serial_results(tmp_path / "serial")
+    parallel = markers("parallel")
+    configs = CONFIGS + CONFIGS[:2]
+    results = sweep.run(features, configs, tmp_path / "parallel", workers=2, progress=False)
+    assert results == expected + expected[:2]
+    assert sweep_fns.calls(parallel) == seeds(CONFIGS)
+    assert os.getpid() not in sweep_fns.caller_pids(parallel)
+
+
+def test_workers_share_the_cores_between_their_blas_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    results = sweep.run(sweep_fns.blas_threads, CONFIGS[:2], tmp_path, workers=2, progress=False)
+    share = str(max(1, os.cpu_count() // 2))
+    assert results == [{"OPENBLAS_NUM_THREADS": share, "OMP_NUM_THREADS": "3"}] * 2
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
+
+
+def test_a_failing_run_in_a_worker_keeps_the_finished_results(tmp_path):
+    with pytest.raises(sweep.SweepError, match=f'1 of {len(CONFIGS)} runs failed.*"seed":3.*unlucky'):
+        sweep.run(sweep_fns.fails_on_seed_3, CONFIGS, tmp_path, workers=2, progress=False)
+    assert sweep.missing(sweep_fns.fails_on_seed_3, CONFIGS, tmp_path) == [CONFIGS[3]]
+
+
+def test_a_failing_serial_run_raises_its_own_error_naming_its_config(tmp_path):
+    with pytest.raises(ArithmeticError, match="unlucky") as error:
+        sweep.run(sweep_fns.fails_on_seed_3, CONFIGS, tmp_path, progress=False)
+    assert '"seed":3' in "".join(error.value.__notes__)
+    assert sweep.missing(sweep_fns.fails_on_seed_3, CONFIGS, tmp_path) == CONFIGS[3:]
+
+
+def test_a_dask_cluster_gives_the_serial_results(tmp_path, markers):
+    import distributed
+
+    expected = serial_results(tmp_path / "serial")
+    on_dask = markers("dask")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        results = sweep.run(features, CONFIGS, tmp_path / "dask",
+                            scheduler=cluster.scheduler_address, progress=False)
+    assert results == expected
+    assert sweep_fns.calls(on_dask) == seeds(CONFIGS)
+    assert os.getpid() not in sweep_fns.caller_pids(on_dask)
+
+
+def test_stale_temporary_files_are_removed_and_fresh_ones_kept(tmp_path):
+    stale, fresh = tmp_path / ".tmp-stale", tmp_path / ".tmp-fresh"
+    stale.write_text('{"half a')
+    fresh.write_text('{"half a')
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    assert sweep.run(features, CONFIGS[:1], tmp_path, progress=False) == [features(CONFIGS[0])]
+    assert not stale.exists()
+    assert fresh.exists()
+
+
+def test_result_files_are_readable_by_all(tmp_path):
+    sweep.run(features, CONFIGS[:1], tmp_path, progress=False)
+    path = Path(sweep.result_path(features, CONFIGS[0], tmp_path))
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_progress_bar_counts_runs_already_done(tmp_path, capsys):
+    sweep.run(features, CONFIGS[:4], tmp_path, progress=False)
+    sweep.run(features, CONFIGS, tmp_path, desc="width 3")
+    bar = capsys.readouterr().err
+    assert "width 3" in bar
+    assert f"4/{len(CONFIGS)}" in bar
+    assert f"{len(CONFIGS)}/{len(CONFIGS)}" in bar
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"configs": []}, "empty sweep"),
+    ({"configs": [{"lr": 0.1, "shape": {1, 2}}]}, r"config\['shape'\] is a set"),
+    ({"configs": [{"lr": 0.1, 3: "three"}]}, "key 3, which is not a string"),
+    ({"configs": ["lr=0.1"]}, "config must be a dict"),
+    ({"workers": 0}, "at least 1"),
+    ({"workers": 2, "scheduler": "tcp://127.0.0.1:8786"}, "not both"),
+    ({"fn": lambda config: config}, "top level of a module"),
+])
+def test_bad_input_is_refused_before_anything_runs(arguments, message, tmp_path, markers):
+    serial_results(tmp_path)
+    before = {path: path.read_bytes() for path in tmp_path.iterdir()}
+    calls = markers("calls")
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.run(**{"fn": features, "configs": CONFIGS, "results_dir": tmp_path,
+                     "progress": False, **arguments})
+    assert {path: path.read_bytes() for path in tmp_path.iterdir()} == before
+    assert sweep_fns.calls(calls) == {}
+
+
+def test_a_results_folder_that_cannot_be_created_is_refused(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(sweep.SweepError, match=f"cannot write results into the folder.*{a_file.name}"):
+        sweep.run(features, CONFIGS, a_file / "results", progress=False)
+
+
+def test_results_come_back_as_they_read_back_from_json(tmp_path):
+    fresh = sweep.run(sweep_fns.returns_a_tuple, CONFIGS[:1], tmp_path, progress=False)
+    assert fresh == sweep.run(sweep_fns.returns_a_tuple, CONFIGS[:1], tmp_path, progress=False)
+    assert fresh == [{"pair": [0, 1]}]
+
+
+def test_a_result_that_is_not_json_is_refused_naming_its_field(tmp_path):
+    with pytest.raises(sweep.SweepError, match=r"result.*\['when'\] is a module"):
+        sweep.run(sweep_fns.returns_a_module, CONFIGS[:1], tmp_path, progress=False)
