@@ -323,19 +323,6 @@ def im2col(a, k, stride, pad):
     return cols.reshape(C * k * k, n * OH * OW)
 
 
-def col2im(cols, shape, k, stride, pad):
-    """The adjoint of im2col: add every column back onto the patch it came from."""
-    xp = array_module(cols)
-    C, n, H, W = shape
-    OH, OW = conv_output_size(H, k, stride, pad), conv_output_size(W, k, stride, pad)
-    cols = cols.reshape(C, k, k, n, OH, OW)
-    padded = xp.zeros((C, n, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
-    for i in range(k):
-        for j in range(k):
-            padded[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += cols[:, i, j]
-    return padded[:, :, pad:pad + H, pad:pad + W]
-
-
 class Conv:
     """z = W * a / sqrt(C k^2): a k x k convolution, zero padding `pad`, no bias.
 
@@ -359,9 +346,21 @@ class Conv:
         return z.reshape(self.out_ch, n, OH, OW), (cols, a.shape)
 
     def backward_input(self, params, cache, g):
-        cols, shape = cache
-        dcols = (params[0].reshape(self.out_ch, -1).T @ g.reshape(self.out_ch, -1)) * (1.0 / math.sqrt(self.fan_in))
-        return col2im(dcols, shape, self.k, self.stride, self.pad)
+        """The transposed convolution: every output gradient is spread back onto the patch it came from.
+
+        One filter offset (i, j) at a time: W[:, :, i, j]^T g, added onto the strided slice of
+        the padded input that the offset touched (no (C k^2, n positions) buffer is formed).
+        """
+        xp = array_module(g)
+        _, (C, n, H, W) = cache
+        k, s, pad = self.k, self.stride, self.pad
+        OH, OW = g.shape[2:]
+        g2 = g.reshape(self.out_ch, -1)
+        padded = xp.zeros((C, n, H + 2 * pad, W + 2 * pad), dtype=g.dtype)
+        for i in range(k):
+            for j in range(k):
+                padded[:, :, i:i + s * OH:s, j:j + s * OW:s] += (params[0][:, :, i, j].T @ g2).reshape(C, n, OH, OW)
+        return padded[:, :, pad:pad + H, pad:pad + W] * (1.0 / math.sqrt(self.fan_in))
 
     def backward_params(self, params, cache, g):
         cols, _ = cache

@@ -1,6 +1,12 @@
-"""The command line of lazyfeat: parsing, dispatch and printing.
+"""lazyfeat: lazy (kernel) and feature training of deep networks, after Geiger et al. (arXiv:1906.08034).
 
     python run.py train      one training run with the paper's settings
+    python run.py crossover  finding 1: alpha* ~ 1/sqrt(h)
+    python run.py regimes    finding 2: which regime is better depends on architecture and data
+    python run.py fluctuations  finding 3: delta F ~ h^(-1/2) in both regimes, ensembles
+    python run.py timescale  finding 4: t1 ~ sqrt(h) alpha in the feature regime
+    python run.py kernels    the init. and final kernel baselines against the network
+    python run.py all        every finding, and figures/REPORT.md
     python run.py bench      speed and memory benchmarks
     python run.py data       which data sets are present, and where
     python run.py download   fetch a data set into the cache
@@ -12,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 
 EXIT_BAD_INPUT = 2
 
@@ -220,6 +227,123 @@ def command_download(args):
 
 
 # ---------------------------------------------------------------------------
+# the findings
+# ---------------------------------------------------------------------------
+
+FINDING_HELP = {
+    "crossover": "finding 1: test error and kernel change against alpha sqrt(h); alpha* ~ 1/sqrt(h)",
+    "regimes": "finding 2: lazy end against feature end for FC, FC on 10-PCA and the CNN",
+    "fluctuations": "finding 3: Var over seeds of F ~ 1/h in both regimes; ensembles",
+    "timescale": "finding 4: t1 ~ alpha sqrt(h) in the feature regime; linear growth of F for t << t1",
+    "kernels": "the init. and final kernel baselines against the network",
+}
+
+
+def number_list(kind):
+    """A comma-separated list of `kind` values (an empty string gives an empty list)."""
+    return lambda text: [kind(part) for part in text.split(",") if part.strip()]
+
+
+def add_findings(sub):
+    for name, description in [*FINDING_HELP.items(), ("all", "every finding in turn, and figures/REPORT.md")]:
+        parser = sub.add_parser(name, help=description, description=description + ". Figures go to "
+                                "FIGURES/<finding>.png/.pdf with their numbers and verdict in <finding>.json; "
+                                "each run is stored in RESULTS, so an interrupted command resumes where it stopped.")
+        parser.add_argument("--scale", choices=["quick", "paper"], default="quick",
+                            help="quick: 2 CPU cores, minutes; paper: the paper's sizes, for a GPU")
+        parser.add_argument("--results", default="results", help="where each run is stored (default results)")
+        parser.add_argument("--figures", default="figures", help="where figures and verdicts go (default figures)")
+        parser.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1)")
+        parser.add_argument("--scheduler", help="address of a Dask scheduler to run on (tcp://host:port)")
+        parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        sizes = parser.add_argument_group("sizes (override the scale's value wherever the finding has it)")
+        sizes.add_argument("--dataset")
+        sizes.add_argument("--d", type=dimension, help="input dimension of a synthetic set: D or C,H,W")
+        sizes.add_argument("--p", type=positive_int)
+        sizes.add_argument("--p-test", type=positive_int)
+        sizes.add_argument("--L", type=positive_int)
+        sizes.add_argument("--h", type=number_list(positive_int), help="widths, comma-separated")
+        sizes.add_argument("--alpha-sqrt-h", type=number_list(positive_float), help="values, comma-separated")
+        sizes.add_argument("--seeds", type=natural_int, help="number of initialisation seeds")
+        sizes.add_argument("--kernel-points", type=natural_int)
+        sizes.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                           help="any other size, VALUE in JSON (e.g. --set bisect_steps=3 --set 'ends=[0.01,1e4]')")
+        parser.add_argument("--data-dir", help="a folder holding one folder per data set")
+        parser.set_defaults(command=command_finding, finding=name)
+
+
+def overrides(args):
+    """The size overrides given on the command line, as key -> value."""
+    given = {key: getattr(args, key) for key in ("dataset", "d", "p", "p_test", "L", "h", "alpha_sqrt_h", "seeds",
+                                                  "kernel_points") if getattr(args, key) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BadInput(f"--set {item!r}: write KEY=VALUE")
+        try:
+            given[key] = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise BadInput(f"--set {item!r}: VALUE must be JSON ({error})") from error
+    return given
+
+
+def check_data(sizes):
+    """Fail before any run when a data set of the sizes is unknown or absent."""
+    import datasets
+
+    for key, value in sizes.items():
+        if isinstance(value, dict):
+            check_data(value)
+        elif key == "dataset" and value not in datasets.SYNTHETIC:
+            datasets.find(value)
+
+
+def check_sizes(sizes):
+    """Fail before any run on sizes that cannot make a sweep."""
+    for key, value in sizes.items():
+        if isinstance(value, dict):
+            check_sizes(value)
+        elif key in ("alpha_sqrt_h", "ends") and any(not (isinstance(a, (int, float)) and a > 0) for a in value):
+            raise BadInput(f"{key} must hold numbers > 0, got {value}")
+        elif key in ("h", "alpha_sqrt_h") and not value or key == "seeds" and value < 1:
+            raise BadInput(f"empty sweep: {key} = {value!r} gives no runs; give at least one value")
+
+
+def command_finding(args):
+    import findings
+    import lazyfeat as lf
+    import report
+
+    lf.backend(args.device)
+    names = list(findings.FINDINGS) if args.finding == "all" else [args.finding]
+    context = findings.Context(args.results, args.workers, args.scheduler, args.device, not args.no_progress)
+    given = overrides(args)
+    known = set().union(*(findings.size_keys(name, args.scale) for name in names))
+    if set(given) - known:
+        raise BadInput(f"no finding here has the size(s) {sorted(set(given) - known)}; known: {sorted(known)}")
+    all_sizes = {name: findings.sizes_for(name, args.scale, given, strict=False) for name in names}
+    for sizes in all_sizes.values():
+        check_sizes(sizes)
+        check_data(sizes)
+    start, outcomes = time.perf_counter(), []
+    for name in names:
+        began = time.perf_counter()
+        outcome = findings.FINDINGS[name](context, all_sizes[name])
+        meta = {"scale": args.scale, "device": args.device, "sizes": all_sizes[name],
+                "wall_s": time.perf_counter() - began}
+        print("\n".join(report.save_outcome(outcome, args.figures, meta)), flush=True)
+        print(f"  wall time {meta['wall_s']:.0f} s\n", flush=True)
+        outcomes.append(outcome)
+    if args.finding == "all":
+        meta = {"scale": args.scale, "device": args.device, "wall_s": time.perf_counter() - start,
+                "computed": context.computed, "reused": context.reused}
+        path = report.write_report(outcomes, args.figures, meta)
+        print(f"report: {path}; total wall time {meta['wall_s']:.0f} s; {context.computed} runs computed, "
+              f"{context.reused} read from {args.results}")
+
+
+# ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
@@ -228,7 +352,7 @@ def parser():
     top = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n\n")[0],
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (add_train, add_bench, add_data):
+    for add in (add_train, add_findings, add_bench, add_data):
         add(sub)
     return top
 
@@ -244,6 +368,10 @@ def main(argv=None):
         # RuntimeError: e.g. --device gpu without CuPy or a GPU
         print(f"run.py: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("run.py: interrupted; finished runs are saved: run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,0 +1,78 @@
+"""The command line: `run.py train`, `run.py data`, and their errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--dataset", "sphere", "--d", "5", "--p", "30", "--p-test", "50", "--h", "8", "--L", "2"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_train_json_reports_the_run():
+    result = run_cli("train", *SMALL, "--alpha-sqrt-h", "10", "--kernel-points", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    for key in ("status", "test_error", "steps_accepted", "steps_rejected", "t", "wall_s", "kernel_change"):
+        assert key in summary
+    assert summary["status"] == "fitted" and 0 <= summary["test_error"] <= 1
+    assert summary["alpha"] == pytest.approx(10 / 8**0.5)
+
+
+def test_train_prints_a_readable_summary_and_alpha_is_the_papers_alpha():
+    result = run_cli("train", *SMALL, "--alpha", "0.5", "--baselines")
+    assert result.returncode == 0, result.stderr
+    assert "alpha sqrt(h) = 1.41 (alpha = 0.5)" in result.stdout
+    assert "test error" in result.stdout and "init kernel" in result.stdout and "final kernel" in result.stdout
+
+
+def test_train_runs_the_cnn_on_image_shaped_data():
+    result = run_cli("train", "--dataset", "sphere", "--d", "1,19,19", "--arch", "cnn", "--h", "2", "--p", "10",
+                     "--p-test", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "fitted"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--alpha", "0"], "argument --alpha: must be a finite number > 0"),
+    (["--alpha", "nan"], "argument --alpha: must be a finite number > 0"),
+    (["--alpha-sqrt-h", "-2"], "argument --alpha-sqrt-h: must be a finite number > 0"),
+    (["--alpha", "1", "--alpha-sqrt-h", "1"], "not allowed with argument"),
+    (["--h", "0"], "argument --h: must be an integer >= 1"),
+    (["--p-test", "0"], "argument --p-test: must be an integer >= 1"),
+    (["--act", "gelu"], "argument --act: invalid choice"),
+    (["--dataset", "nope"], "unknown data set 'nope'"),
+    (["--d", "2,3"], "argument --d: must be D or C,H,W"),
+    (["--kernel-points", "100"], "--kernel-points 100 exceeds --p-test 50"),
+    (["--arch", "cnn"], "the CNN needs images"),
+    (["--bias", "-1"], "--bias must be a finite number >= 0"),
+])
+def test_bad_train_arguments_exit_2_and_name_the_argument(args, message):
+    result = run_cli("train", *SMALL, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_gpu_without_cupy_or_device_is_a_clear_error():
+    pytest.importorskip("numpy")
+    try:
+        import cupy  # noqa: F401
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            pytest.skip("a GPU is present")
+    except Exception:
+        pass
+    result = run_cli("train", *SMALL, "--device", "gpu")
+    assert result.returncode == 2 and "device='gpu'" in result.stderr and "device='cpu'" in result.stderr
+
+
+def test_data_lists_every_set_and_where_it_is():
+    result = run_cli("data")
+    assert result.returncode == 0, result.stderr
+    for name in ("mnist", "fashion-mnist", "kmnist", "emnist-letters", "cifar10"):
+        assert name in result.stdout
