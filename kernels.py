@@ -121,13 +121,7 @@ class KernelSystem:
         return lf.Point(F, margins, xp.mean(self.l(margins, xp)) / self.alpha**2, grad)
 
     def observe(self, state, point):
-        xp = lf.array_module(point.F)
-        record = lf.fit_stats(point.margins, self.l)
-        record["F_rms"] = xp.sqrt(xp.mean(point.F**2))
-        if self.theta_test_train is not None:
-            test = lf.fit_stats(self.y_test * state[1], self.l)
-            record.update({"test_loss": test["loss"], "test_err": test["err"]})
-        return record
+        return lf.fit_record(point, self.l, None if self.theta_test_train is None else self.y_test * state[1])
 
 
 def flow(theta_train, y, alpha, theta_test_train=None, y_test=None, *, loss="softhinge", F0=None,

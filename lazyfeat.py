@@ -579,6 +579,17 @@ def fit_stats(margins, loss_fn):
             "unfitted": xp.sum(margins < 1)}
 
 
+def fit_record(point, loss_fn, test_margins=None):
+    """What a checkpoint records of the fit (device scalars): train fit, |F| (RMS), and the test fit."""
+    xp = array_module(point.F)
+    record = fit_stats(point.margins, loss_fn)
+    record["F_rms"] = xp.sqrt(xp.mean(point.F**2))
+    if test_margins is not None:
+        test = fit_stats(test_margins, loss_fn)
+        record.update({"test_loss": test["loss"], "test_err": test["err"]})
+    return record
+
+
 class Objective:
     """L(w) = 1 / (alpha^2 p) sum_mu l(y_mu F(w, x_mu)) with F(w, x) = alpha [f(w, x) - f(w0, x)].
 
@@ -629,14 +640,11 @@ class Objective:
         return self.alpha * (self.net.predict(params, self.x_test, self.chunk) - self.f0_test)
 
     def observe(self, params, point):
-        """The records of one checkpoint (device scalars): train fit, |F|, |w - w0|, test fit."""
+        """The records of one checkpoint (device scalars): train fit, |F|, test fit, and |w - w0|."""
         xp = array_module(params[0])
-        record = fit_stats(point.margins, self.l)
-        record["F_rms"] = xp.sqrt(xp.mean(point.F**2))
+        test_margins = None if self.x_test is None else self.y_test * self.F_test(params)
+        record = fit_record(point, self.l, test_margins)
         record["w_dist"] = xp.sqrt(sum(xp.sum((w - w0) ** 2) for w, w0 in zip(params, self.params0)))
-        if self.x_test is not None:
-            test = fit_stats(self.y_test * self.F_test(params), self.l)
-            record.update({"test_loss": test["loss"], "test_err": test["err"]})
         return record
 
 
