@@ -18,8 +18,8 @@ DEFAULTS = {
     "dataset": "fashion", "pca": None, "d": None, "p": 1000, "p_test": 10000, "data_seed": 0,
     # network
     "arch": "fc", "h": 100, "L": 3, "act": "softplus", "bias": 0.0,
-    # the alpha trick: alpha = alpha_sqrt_h / sqrt(h); subtract f(w0) or not ("alphaf")
-    "alpha_sqrt_h": 1.0, "subtract_f0": True, "loss": "softhinge",
+    # the alpha trick: alpha = alpha_sqrt_h / sqrt(h) (default: the lazy end); subtract f(w0) or not
+    "alpha_sqrt_h": 1e4, "subtract_f0": True, "loss": "softhinge",
     # training: the seed of the initialisation, the method and its settings, the limits
     "seed": 0, "method": "flow", "max_dgrad": 1e-4, "max_dout": 0.1, "tau": 0.0,
     "lr": 1e-3, "batch_size": 32, "max_time": None, "max_wall": None, "max_steps": None, "checkpoints": 20,

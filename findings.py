@@ -10,9 +10,9 @@ Runs are shared: a config is identified by its content, so where two findings
 ask for the same run (at quick scale crossover, fluctuations, timescale and the
 FC part of regimes use one grid) it is computed once.
 """
+import collections
 import copy
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -108,25 +108,18 @@ def _keys(sizes):
 
 @dataclass
 class Context:
-    """Where run results are stored, how runs are executed, and how many were computed or reused."""
+    """Where run results are stored, how runs are executed, and how many were computed or found stored."""
 
     results_dir: str = "results"
     workers: int = 1
     scheduler: str = None
     device: str = "cpu"
     progress: bool = True
-    computed: int = 0
-    reused: int = 0
+    tally: collections.Counter = field(default_factory=collections.Counter)
 
     def sweep(self, configs, desc):
-        distinct = len({sweep.key(experiments.fit, c) for c in configs})
-        todo = len(sweep.missing(experiments.fit, configs, self.results_dir)) if os.path.isdir(self.results_dir) \
-            else distinct
-        results = sweep.run(experiments.fit, configs, self.results_dir, self.workers, self.scheduler,
-                            self.progress, desc)
-        self.computed += todo
-        self.reused += distinct - todo
-        return results
+        return sweep.run(experiments.fit, configs, self.results_dir, self.workers, self.scheduler,
+                         self.progress, desc, self.tally)
 
 
 RUN_KEYS = ("dataset", "pca", "d", "p", "p_test", "L", "arch", "kernel_points")

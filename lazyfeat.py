@@ -20,7 +20,7 @@ import ctypes
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -677,7 +677,6 @@ class Run:
     params: list = None
     F_test: object = None
     test_error: float = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def F(self):
@@ -690,7 +689,7 @@ class Run:
         return {"status": self.status, "test_error": self.test_error, "train_error": last["err"],
                 "loss": last["loss"], "steps_accepted": self.steps_accepted,
                 "steps_rejected": self.steps_rejected, "t": self.t, "dt": self.dt,
-                "wall_s": self.wall_s, **self.extra}
+                "wall_s": self.wall_s}
 
 
 class Limits:

@@ -62,52 +62,58 @@ def dimension(text):
 
 
 def add_train(sub):
+    import experiments
+    import lazyfeat as lf
+
+    d = experiments.DEFAULTS  # the defaults of a run, in one place
     parser = sub.add_parser("train", help="one training run with the paper's settings",
                             description="Train F = alpha [f(w) - f(w0)] by gradient flow (or Adam) on a binary "
                                         "task and report the test error. Default: FC L=3 h=100 softplus on "
                                         "Fashion-MNIST, p=1000, at the lazy end alpha sqrt(h) = 1e4.")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="fashion", help="fashion, mnist, kmnist, emnist-letters, cifar10, "
+    data.add_argument("--dataset", default=d["dataset"], help="fashion, mnist, kmnist, emnist-letters, cifar10, "
                       "or the synthetic stripe, sphere (default fashion)")
-    data.add_argument("--p", type=positive_int, default=1000, help="training points (default 1000)")
-    data.add_argument("--p-test", type=positive_int, default=10000, help="test points (default 10000)")
+    data.add_argument("--p", type=positive_int, default=d["p"], help="training points (default %(default)s)")
+    data.add_argument("--p-test", type=positive_int, default=d["p_test"], help="test points (default %(default)s)")
     data.add_argument("--pca", type=positive_int, help="project on the top PCA components and whiten")
     data.add_argument("--d", type=dimension, help="input dimension of a synthetic set: D or C,H,W")
-    data.add_argument("--data-seed", type=natural_int, default=0, help="seed of the data order (default 0)")
+    data.add_argument("--data-seed", type=natural_int, default=d["data_seed"],
+                      help="seed of the data order (default %(default)s)")
     data.add_argument("--data-dir", help="a folder holding one folder per data set")
     net = parser.add_argument_group("network")
-    net.add_argument("--arch", choices=["fc", "cnn"], default="fc")
-    net.add_argument("--h", type=positive_int, default=100, help="width (channels for the CNN; default 100)")
-    net.add_argument("--L", type=positive_int, default=3, help="hidden layers of the FC net (default 3)")
-    net.add_argument("--act", choices=["softplus", "relu", "tanh", "swish"], default="softplus")
-    net.add_argument("--bias", type=float, default=0.0, help="bias factor (the paper's appendix: 0.1)")
+    net.add_argument("--arch", choices=["fc", "cnn"], default=d["arch"])
+    net.add_argument("--h", type=positive_int, default=d["h"], help="width (channels for the CNN; default %(default)s)")
+    net.add_argument("--L", type=positive_int, default=d["L"], help="hidden layers of the FC net (default %(default)s)")
+    net.add_argument("--act", choices=sorted(lf.RAW_ACTIVATIONS), default=d["act"])
+    net.add_argument("--bias", type=float, default=d["bias"], help="bias factor (the paper's appendix: 0.1)")
     scale = parser.add_argument_group("alpha (give at most one)").add_mutually_exclusive_group()
     scale.add_argument("--alpha", type=positive_float, help="the paper's alpha")
-    scale.add_argument("--alpha-sqrt-h", type=positive_float, help="alpha sqrt(h) (default 1e4)")
+    scale.add_argument("--alpha-sqrt-h", type=positive_float, default=d["alpha_sqrt_h"],
+                       help="alpha sqrt(h) (default %(default)g)")
     fit = parser.add_argument_group("training")
-    fit.add_argument("--seed", type=natural_int, default=0, help="seed of the initialisation (default 0)")
-    fit.add_argument("--method", choices=["flow", "adam"], default="flow")
-    fit.add_argument("--loss", choices=["softhinge", "hinge", "qhinge"], default="softhinge")
+    fit.add_argument("--seed", type=natural_int, default=d["seed"], help="seed of the initialisation (default %(default)s)")
+    fit.add_argument("--method", choices=["flow", "adam"], default=d["method"])
+    fit.add_argument("--loss", choices=sorted(lf.LOSSES), default=d["loss"])
     fit.add_argument("--keep-f0", action="store_true", help="F = alpha f(w) (the appendix's alphaf)")
-    fit.add_argument("--tau", type=float, default=0.0, help="momentum time constant (default 0)")
-    fit.add_argument("--lr", type=positive_float, default=1e-3, help="Adam's learning rate")
-    fit.add_argument("--batch-size", type=positive_int, default=32, help="Adam's batch size")
+    fit.add_argument("--tau", type=float, default=d["tau"], help="momentum time constant (default %(default)s)")
+    fit.add_argument("--lr", type=positive_float, default=d["lr"], help="Adam's learning rate")
+    fit.add_argument("--batch-size", type=positive_int, default=d["batch_size"], help="Adam's batch size")
     fit.add_argument("--max-time", type=positive_float, help="stop at this time t")
     fit.add_argument("--max-wall", type=positive_float, help="stop after this many seconds")
     fit.add_argument("--max-steps", type=natural_int, help="stop after this many accepted steps")
-    fit.add_argument("--kernel-points", type=natural_int, default=0,
+    fit.add_argument("--kernel-points", type=natural_int, default=d["kernel_points"],
                      help="measure the kernel change on this many test points")
     fit.add_argument("--baselines", action="store_true", help="also train the init. and final kernel predictors")
     where = parser.add_argument_group("device")
-    where.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
-    where.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    where.add_argument("--device", choices=["cpu", "gpu"], default=d["device"])
+    where.add_argument("--dtype", choices=["float64", "float32"], default=d["dtype"])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(command=command_train)
 
 
 def train_config(args):
     """The experiments config of `python run.py train`."""
-    alpha_sqrt_h = args.alpha * math.sqrt(args.h) if args.alpha else (args.alpha_sqrt_h or 1e4)
+    alpha_sqrt_h = args.alpha * math.sqrt(args.h) if args.alpha else args.alpha_sqrt_h
     return {"dataset": args.dataset, "p": args.p, "p_test": args.p_test, "pca": args.pca, "d": args.d,
             "data_seed": args.data_seed, "arch": args.arch, "h": args.h, "L": args.L, "act": args.act,
             "bias": args.bias, "alpha_sqrt_h": alpha_sqrt_h, "seed": args.seed, "method": args.method,
@@ -337,10 +343,10 @@ def command_finding(args):
         outcomes.append(outcome)
     if args.finding == "all":
         meta = {"scale": args.scale, "device": args.device, "wall_s": time.perf_counter() - start,
-                "computed": context.computed, "reused": context.reused}
+                "computed": context.tally["computed"], "reused": context.tally["stored"]}
         path = report.write_report(outcomes, args.figures, meta)
-        print(f"report: {path}; total wall time {meta['wall_s']:.0f} s; {context.computed} runs computed, "
-              f"{context.reused} read from {args.results}")
+        print(f"report: {path}; total wall time {meta['wall_s']:.0f} s; {meta['computed']} runs computed, "
+              f"{meta['reused']} read from {args.results}")
 
 
 # ---------------------------------------------------------------------------

@@ -280,7 +280,7 @@ def _stored_results(fn, paths, results_dir):
     return results
 
 
-def run(fn, configs, results_dir, workers=1, scheduler=None, progress=True, desc=None):
+def run(fn, configs, results_dir, workers=1, scheduler=None, progress=True, desc=None, tally=None):
     """Compute `fn(config)` for every config that has no stored result; return all results.
 
     `fn` is a top-level function (its module and name identify its results)
@@ -290,6 +290,7 @@ def run(fn, configs, results_dir, workers=1, scheduler=None, progress=True, desc
     computed once. `workers` > 1 runs them in that many local processes;
     `scheduler`, the address of a Dask scheduler, runs them on that cluster.
     `progress` shows a bar with the time left on stderr, labelled `desc`.
+    `tally`, a collections.Counter, counts the distinct runs "computed" and "stored" (found valid).
     """
     configs = list(configs)
     _check_arguments(configs, workers, scheduler)
@@ -299,6 +300,8 @@ def run(fn, configs, results_dir, workers=1, scheduler=None, progress=True, desc
     unique = dict(zip(paths, configs))
     results = _stored_results(fn, unique, results_dir)
     todo = [config for path, config in unique.items() if path not in results]
+    if tally is not None:
+        tally.update(computed=len(todo), stored=len(unique) - len(todo))
     with tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="run",
               file=sys.stderr, disable=not progress) as bar:
         for config, result in _execute(fn, todo, workers, scheduler):

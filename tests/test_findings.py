@@ -48,8 +48,8 @@ def test_each_finding_runs_end_to_end_and_writes_figure_results_and_verdict(name
 
 def test_the_report_gathers_every_finding(tiny_context, tmp_path):
     outcomes = [findings.FINDINGS[name](tiny_context, TINY[name]) for name in ("timescale", "kernels")]
-    meta = {"scale": "tiny", "device": "cpu", "wall_s": 1.0, "computed": tiny_context.computed,
-            "reused": tiny_context.reused}
+    meta = {"scale": "tiny", "device": "cpu", "wall_s": 1.0, "computed": tiny_context.tally["computed"],
+            "reused": tiny_context.tally["stored"]}
     path = report.write_report(outcomes, str(tmp_path), meta)
     text = Path(path).read_text()
     assert "![timescale](timescale.png)" in text and "| quantity |" in text and "Kernel baselines" in text

@@ -69,12 +69,14 @@ def test_key_compares_floats_by_value_and_names_the_function():
 def test_serial_sweep_returns_results_in_order_and_then_computes_nothing(tmp_path, markers):
     configs = [CONFIGS[4], CONFIGS[1], CONFIGS[4], CONFIGS[7]]
     expected = [features(config) for config in configs]
-    first = markers("first")
-    assert sweep.run(features, configs, tmp_path / "results", progress=False) == expected
+    first, tally = markers("first"), Counter()
+    assert sweep.run(features, configs, tmp_path / "results", progress=False, tally=tally) == expected
     assert sweep_fns.calls(first) == {4: 1, 1: 1, 7: 1}
+    assert tally == {"computed": 3, "stored": 0}
     second = markers("second")
-    assert sweep.run(features, configs, tmp_path / "results", progress=False) == expected
+    assert sweep.run(features, configs, tmp_path / "results", progress=False, tally=tally) == expected
     assert sweep_fns.calls(second) == {}
+    assert tally == {"computed": 3, "stored": 3}
     assert len(list((tmp_path / "results").glob("*.json"))) == 3
 
 
