@@ -11,6 +11,7 @@ import math
 import datasets
 import kernels
 import lazyfeat as lf
+import sweep
 
 # Every key a config may have, with its default. A config names only what differs.
 DEFAULTS = {
@@ -77,35 +78,82 @@ def to_list(a):
     return [float(v) for v in (a.get() if hasattr(a, "get") else a)]
 
 
+MEMBER_KEYS = ("seed", "alpha_sqrt_h")  # what may differ between the members of an ensemble
+
+
+def ensemble_key(config):
+    """What configs must share to be trained as one ensemble: everything but the seed and alpha sqrt(h)."""
+    c = full_config(config)
+    return sweep.canonical({k: v for k, v in c.items() if k not in MEMBER_KEYS})
+
+
 def fit(config):
     """Run config `config` from start to end and return its JSON-ready result."""
-    c = full_config(config)
+    return fit_ensemble([config])[0]
+
+
+def fit_ensemble(configs):
+    """Run configs that differ only in seed and alpha sqrt(h) as one ensemble: one result per config,
+    each what `fit` gives for it alone."""
+    cs = [full_config(config) for config in configs]
+    if len({ensemble_key(c) for c in cs}) > 1:
+        raise ValueError("an ensemble's configs may differ only in " + " and ".join(MEMBER_KEYS))
+    c = cs[0]
     x, y, x_test, y_test = load_data(c)
     if c["kernel_points"] > len(x_test):
         raise ValueError(f"kernel_points={c['kernel_points']} exceeds p_test={len(x_test)}")
     net = build_network(c, x.shape)
-    params0 = net.init(c["seed"], c["device"], c["dtype"])
+    params0 = net.init([m["seed"] for m in cs], c["device"], c["dtype"])
     xp, dtype = lf.array_module(params0[0]), params0[0].dtype
     x, y, x_test, y_test = (xp.asarray(a, dtype=dtype) for a in (x, y, x_test, y_test))
     x_kernel = x_test[:c["kernel_points"]]
     theta0 = kernels.ntk(net, params0, x_kernel) if c["kernel_points"] else None
-    callback = kernels.kernel_change_callback(net, x_kernel, theta0) if c["kernel_along"] and theta0 is not None \
-        else None
-    alpha = alpha_of(c)
-    run = lf.train(net, params0, x, y, alpha, x_test, y_test, method=c["method"], loss=c["loss"],
-                   subtract_f0=c["subtract_f0"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], tau=c["tau"],
-                   lr=c["lr"], batch_size=c["batch_size"], seed=c["seed"], checkpoints=c["checkpoints"],
-                   callback=callback, **limits_of(c))
-    result = {**run.summary(), "alpha": alpha, "n_params": sum(int(w.size) for w in params0),
-              "ms_per_step": 1e3 * run.wall_s / max(run.steps_accepted, 1), "records": run.records}
-    if theta0 is not None:
-        result["kernel_change"] = kernels.kernel_change(kernels.ntk(net, run.params, x_kernel), theta0)
-    if c["store_F_test"]:
-        result["F_test"] = to_list(run.F_test)
-    if c["baselines"]:
-        options = dict(loss=c["loss"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], **limits_of(c))
-        if not c["subtract_f0"]:  # the kernel predictors start where the network started
-            options.update(F0=alpha * net.predict(params0, x), F0_test=alpha * net.predict(params0, x_test))
-        for name, params in (("init_kernel", params0), ("final_kernel", run.params)):
-            result[name] = kernels.baseline(net, params, x, y, x_test, y_test, alpha, **options).summary()
-    return result
+    callbacks = [kernels.kernel_change_callback(net, x_kernel, theta0[s]) for s in range(len(cs))] \
+        if c["kernel_along"] and theta0 is not None else None
+    alphas = [alpha_of(m) for m in cs]
+    runs = lf.train(net, params0, x, y, alphas, x_test, y_test, method=c["method"], loss=c["loss"],
+                    subtract_f0=c["subtract_f0"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], tau=c["tau"],
+                    lr=c["lr"], batch_size=c["batch_size"], seed=[m["seed"] for m in cs],
+                    checkpoints=c["checkpoints"], callback=callbacks, **limits_of(c))
+    n_params = sum(int(w[0].size) for w in params0)
+    results = []
+    for s, (run, alpha) in enumerate(zip(runs, alphas)):
+        member0 = [w[s] for w in params0]
+        result = {**run.summary(), "alpha": alpha, "n_params": n_params,
+                  "ms_per_step": 1e3 * run.wall_s / max(run.steps_accepted, 1), "records": run.records}
+        if theta0 is not None:
+            result["kernel_change"] = kernels.kernel_change(kernels.ntk(net, run.params, x_kernel), theta0[s])
+        if c["store_F_test"]:
+            result["F_test"] = to_list(run.F_test)
+        if c["baselines"]:
+            result.update(baselines(c, net, member0, run.params, x, y, x_test, y_test, alpha))
+        results.append(result)
+    return results
+
+
+def baselines(c, net, params0, params, x, y, x_test, y_test, alpha):
+    """The init. and final kernel predictors of one network (Theta frozen at w0 and at the end)."""
+    options = dict(loss=c["loss"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], **limits_of(c))
+    if not c["subtract_f0"]:  # the kernel predictors start where the network started
+        options.update(F0=alpha * net.predict(params0, x), F0_test=alpha * net.predict(params0, x_test))
+    return {name: kernels.baseline(net, w, x, y, x_test, y_test, alpha, **options).summary()
+            for name, w in (("init_kernel", params0), ("final_kernel", params))}
+
+
+def member_bytes(config):
+    """About the memory one member of an ensemble of this config needs, in bytes (see Network.bytes_per_member)."""
+    c = full_config(config)
+    x = load_data(c)[0]
+    net = build_network(c, x.shape)
+    params = net.init(c["seed"], c["device"], c["dtype"])
+    xp = lf.array_module(params[0])
+    return net.bytes_per_member(params, xp.asarray(x[:1], dtype=params[0].dtype), min(lf.CHUNK, len(x)))
+
+
+def ensembles(max_members, max_memory):
+    """How a sweep groups configs into ensembles: by `ensemble_key`, at most max_members networks and
+    max_memory bytes in one ensemble."""
+    def capacity(config):
+        return max(1, min(max_members, int(max_memory // member_bytes(config))))
+
+    return sweep.Group(key=ensemble_key, batch=fit_ensemble, capacity=capacity)

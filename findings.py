@@ -19,6 +19,7 @@ import numpy as np
 
 import datasets
 import experiments
+import lazyfeat as lf
 import sweep
 import verdicts as V
 
@@ -108,7 +109,12 @@ def _keys(sizes):
 
 @dataclass
 class Context:
-    """Where run results are stored, how runs are executed, and how many were computed or found stored."""
+    """Where run results are stored, how runs are executed, and how many were computed or found stored.
+
+    Runs of `experiments.fit` that differ only in seed and alpha sqrt(h) are trained
+    together as ensembles of at most max_members networks and max_memory bytes
+    (None: half the free memory); max_members = 1 trains one network at a time.
+    """
 
     results_dir: str = "results"
     workers: int = 1
@@ -116,10 +122,16 @@ class Context:
     device: str = "cpu"
     progress: bool = True
     tally: collections.Counter = field(default_factory=collections.Counter)
+    max_members: int = 32
+    max_memory: float = None
 
-    def sweep(self, configs, desc):
-        return sweep.run(experiments.fit, configs, self.results_dir, self.workers, self.scheduler,
-                         self.progress, desc, self.tally)
+    def sweep(self, configs, desc, fn=experiments.fit):
+        group = None
+        if fn is experiments.fit and self.max_members > 1:
+            memory = self.max_memory or lf.available_memory(lf.backend(self.device)) / 2
+            group = experiments.ensembles(self.max_members, memory)
+        return sweep.run(fn, configs, self.results_dir, self.workers, self.scheduler,
+                         self.progress, desc, self.tally, group)
 
 
 RUN_KEYS = ("dataset", "pca", "d", "p", "p_test", "L", "arch", "kernel_points")
@@ -147,6 +159,11 @@ def seed_array(runs, field_name):
     return np.array([run[field_name] for run in runs], dtype=float)
 
 
+def run_test_labels(config):
+    """The test labels of a run, from the data path of the run itself (experiments.load_data)."""
+    return experiments.load_data(experiments.full_config(config))[3]
+
+
 def unfitted(runs_by_key):
     """How many runs did not reach "fitted"."""
     return sum(run["status"] != "fitted" for runs in runs_by_key.values() for run in runs)
@@ -167,6 +184,42 @@ def status_note(runs_by_key):
     n = unfitted(runs_by_key)
     total = sum(len(runs) for runs in runs_by_key.values())
     return f"{total - n} of {total} runs fitted" + ("" if n == 0 else f"; {n} stopped early (counted as they ended)")
+
+
+# ---------------------------------------------------------------------------
+# Claims, and what a sweep lacks to measure them
+# ---------------------------------------------------------------------------
+
+SIDES = {"feature": ("<=", 1.0), "lazy": (">=", 100.0)}  # the alpha sqrt(h) of each regime (default bounds)
+
+
+def side(alphas, regime, bound=None):
+    """The alpha sqrt(h) of the sweep in a regime (feature: <= bound, lazy: >= bound), and their name."""
+    op, default = SIDES[regime]
+    bound = default if bound is None else bound
+    return [a for a in alphas if (a <= bound if op == "<=" else a >= bound)], f"alpha sqrt(h) {op} {bound:g}"
+
+
+def shortage(values, needed, what):
+    """What the sweep lacks for a measurement that needs `needed` distinct `values` of `what`; "" if nothing."""
+    have = len(set(values))
+    if have >= needed:
+        return ""
+    return f"no {what} in this sweep" if have == 0 else f"only {have} {what} in this sweep (needs {needed})"
+
+
+def end_lacking(alphas, regime):
+    """What the sweep lacks to have an end in a regime; "" if nothing."""
+    values, name = side(alphas, regime)
+    return shortage(values, 1, name)
+
+
+def claim(verdict, quantity, statistic, n_seeds, *args, paper, lacking="", **kwargs):
+    """verdict(quantity, value, interval, *args) on statistic(seed indices) over all seeds and its
+    bootstrap interval; undecided, saying what is missing, when the sweep lacks what it needs."""
+    if lacking:
+        return V.missing(quantity, paper, lacking)
+    return verdict(quantity, *V.estimate(statistic, n_seeds), *args, paper=paper, **kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -208,21 +261,26 @@ def bisect_alpha_star(ctx, sizes, kc):
 def crossover(ctx, sizes):
     """Finding 1: the test error and the kernel change against alpha sqrt(h), and alpha*(h)."""
     hs, alphas, n, c = sizes["h"], sizes["alpha_sqrt_h"], sizes["seeds"], sizes["c"]
+    if not sizes.get("kernel_points"):
+        raise ValueError("crossover measures the kernel change: give kernel_points >= 1 (e.g. --kernel-points 100)")
     runs = run_grid(ctx, sizes, hs, alphas, "crossover")
     err = {h: np.array([seed_array(runs[h, a], "test_error") for a in alphas]) for h in hs}  # (alphas, seeds)
     kc = {h: {a: list(seed_array(runs[h, a], "kernel_change")) for a in alphas} for h in hs}
     bisect_alpha_star(ctx, sizes, kc)
     curves = {h: (np.array(sorted(kc[h])), np.array([kc[h][a] for a in sorted(kc[h])])) for h in hs}
 
+    crossed = [h for h in hs if bracket(list(kc[h]), list(kc[h].values()), c)]
+    (feature, feature_name), (lazy, lazy_name) = side(alphas, "feature"), side(alphas, "lazy")
+
     def alpha_star_sqrt_h(idx):
         return {h: V.crossing(a, k[:, idx].mean(axis=1), c) for h, (a, k) in curves.items()}
 
     def exponent(idx):
         stars = alpha_star_sqrt_h(idx)
-        return V.slope(hs, [stars[h] / math.sqrt(h) for h in hs])
+        return V.slope(crossed, [stars[h] / math.sqrt(h) for h in crossed])
 
-    def side_slope(idx, keep):
-        points = [(a, kc[h][a]) for h in hs for a in alphas if keep(a)]
+    def side_slope(idx, side_alphas):
+        points = [(a, kc[h][a]) for h in hs for a in side_alphas]
         return V.slope([a for a, _ in points], [np.mean(np.array(k)[idx]) for _, k in points])
 
     def collapse(values_of):
@@ -230,25 +288,28 @@ def crossover(ctx, sizes):
                                             [math.sqrt(h) for h in hs])
 
     kc_grid = {h: np.array([kc[h][a] for a in alphas]) for h in hs}
+    curves_lacking = shortage(hs, 2, "width h") or shortage(alphas, 2, "alpha sqrt(h)")
     claims = [
-        V.below("kernel change: spread against alpha sqrt(h) / against alpha",
-                *V.estimate(collapse(lambda h, idx: kc_grid[h][:, idx].mean(axis=1)), n), 1.0,
-                "collapses against alpha sqrt(h) (ratio < 1)"),
-        V.below("rescaled test error: spread against alpha sqrt(h) / against alpha",
-                *V.estimate(collapse(lambda h, idx: V.rescale(err[h][:, idx].mean(axis=1))), n), 1.0,
-                "collapses against alpha sqrt(h) (ratio < 1)",
-                "the error differences between regimes are small; noisy at small p"),
-        V.near("kernel change slope, feature side (alpha sqrt(h) <= 1)",
-               *V.estimate(lambda idx: side_slope(idx, lambda a: a <= 1.0), n), -4 / 3, 0.25, "about -4/3 (+- 0.25)"),
-        V.near("kernel change slope, lazy side (alpha sqrt(h) >= 100)",
-               *V.estimate(lambda idx: side_slope(idx, lambda a: a >= 100.0), n), -1.0, 0.2, "about -1 (+- 0.2)"),
+        claim(V.below, "kernel change: spread against alpha sqrt(h) / against alpha",
+              collapse(lambda h, idx: kc_grid[h][:, idx].mean(axis=1)), n, 1.0,
+              paper="collapses against alpha sqrt(h) (ratio < 1)", lacking=curves_lacking),
+        claim(V.below, "rescaled test error: spread against alpha sqrt(h) / against alpha",
+              collapse(lambda h, idx: V.rescale(err[h][:, idx].mean(axis=1))), n, 1.0,
+              paper="collapses against alpha sqrt(h) (ratio < 1)",
+              note="the error differences between regimes are small; noisy at small p", lacking=curves_lacking),
+        claim(V.near, f"kernel change slope, feature side ({feature_name})", lambda idx: side_slope(idx, feature), n,
+              -4 / 3, 0.25, paper="about -4/3 (+- 0.25)", lacking=shortage(feature, 2, feature_name)),
+        claim(V.near, f"kernel change slope, lazy side ({lazy_name})", lambda idx: side_slope(idx, lazy), n,
+              -1.0, 0.2, paper="about -1 (+- 0.2)", lacking=shortage(lazy, 2, lazy_name)),
     ]
-    stars = alpha_star_sqrt_h(np.arange(n))
     for h in hs:
-        claims.append(V.within(f"alpha* sqrt(h) where kernel change = {c:g}, h={h}", stars[h],
-                               V.bootstrap(lambda idx, h=h: alpha_star_sqrt_h(idx)[h], n), 10**1.0, 10**2.5,
-                               "10^1.5 to 10^2", "tolerance: half a decade on each side"))
-    claims.append(V.near("exponent of alpha* against h", *V.estimate(exponent, n), -0.5, 0.1, "-1/2 (+- 0.1)"))
+        claims.append(claim(V.within, f"alpha* sqrt(h) where kernel change = {c:g}, h={h}",
+                            lambda idx, h=h: alpha_star_sqrt_h(idx)[h], n, 10**1.0, 10**2.5, paper="10^1.5 to 10^2",
+                            note="tolerance: half a decade on each side",
+                            lacking="" if h in crossed else f"no crossing of kernel change {c:g} in this sweep"))
+    claims.append(claim(V.near, "exponent of alpha* against h", exponent, n, -0.5, 0.1, paper="-1/2 (+- 0.1)",
+                        lacking=shortage(crossed, 2, f"width h whose kernel change crosses {c:g}")))
+    stars = alpha_star_sqrt_h(np.arange(n))
     numbers = {
         "h": hs, "alpha_sqrt_h": alphas, "c": c,
         "test_error_mean": {h: err[h].mean(axis=1).tolist() for h in hs},
@@ -308,23 +369,25 @@ def fluctuations(ctx, sizes):
     """Finding 3: Var over seeds of F against h in both regimes, h Var against alpha sqrt(h), ensembles."""
     hs, alphas, n = sizes["h"], sizes["alpha_sqrt_h"], sizes["seeds"]
     runs = run_grid(ctx, sizes, hs, alphas, "fluctuations")
-    y = datasets.load(sizes["dataset"], sizes["p"], sizes["p_test"], pca=sizes.get("pca"))[3]
+    y = run_test_labels(run_config(ctx, sizes, hs[0], alphas[0], 0))
     F = {key: np.array([r["F_test"] for r in rs]) for key, rs in runs.items()}
     single = {key: seed_array(rs, "test_error") for key, rs in runs.items()}
     ends = {"feature": min(alphas), "lazy": max(alphas)}
+    lacking = {regime: end_lacking(alphas, regime) for regime in ends}
     claims = []
     for regime, a in ends.items():
-        claims.append(V.near(f"slope of Var F against h, {regime} end (alpha sqrt(h) = {a:g})",
-                             *V.estimate(lambda idx, a=a: V.slope(hs, [output_variance(F[h, a], idx) for h in hs]), n),
-                             -1.0, 0.25, "-1 (+- 0.25)"))
+        claims.append(claim(V.near, f"slope of Var F against h, {regime} end (alpha sqrt(h) = {a:g})",
+                            lambda idx, a=a: V.slope(hs, [output_variance(F[h, a], idx) for h in hs]), n,
+                            -1.0, 0.25, paper="-1 (+- 0.25)", lacking=lacking[regime] or shortage(hs, 2, "width h")))
     for regime, a in ends.items():
         gain = lambda idx, a=a: np.mean([ensemble_error(F[h, a], y, idx) - single[h, a][idx].mean() for h in hs])
-        claims.append(V.below(f"ensemble - single-net error, {regime} end (mean over h)", *V.estimate(gain, n), 0.0,
-                              "ensemble better"))
+        claims.append(claim(V.below, f"ensemble - single-net error, {regime} end (mean over h)", gain, n, 0.0,
+                            paper="ensemble better", lacking=lacking[regime]))
     lazy_minus_feature = lambda idx: np.mean([ensemble_error(F[h, ends["lazy"]], y, idx)
                                               - ensemble_error(F[h, ends["feature"]], y, idx) for h in hs])
-    claims.append(V.sign_claim("ensemble error lazy - feature (mean over h)", *V.estimate(lazy_minus_feature, n),
-                               -1, "lazy ensemble better (2.4-2.5 % vs 2.9-3.0 % at p=10k)"))
+    claims.append(claim(V.sign_claim, "ensemble error lazy - feature (mean over h)", lazy_minus_feature, n, -1,
+                        paper="lazy ensemble better (2.4-2.5 % vs 2.9-3.0 % at p=10k)",
+                        lacking=lacking["lazy"] or lacking["feature"]))
     all_seeds = np.arange(n)
     numbers = {
         "h": hs, "alpha_sqrt_h": alphas,
@@ -365,11 +428,10 @@ def timescale(ctx, sizes):
     hs, alphas, n = sizes["h"], sizes["alpha_sqrt_h"], sizes["seeds"]
     runs = run_grid(ctx, sizes, hs, alphas, "timescale")
     t1 = {key: np.array([first_time_below(r["records"]) for r in rs]) for key, rs in runs.items()}
-    feature = [a for a in alphas if a <= 0.1]
-    lazy = [a for a in alphas if a >= 100]
+    (feature, feature_name), (lazy, lazy_name) = side(alphas, "feature", 0.1), side(alphas, "lazy")
 
-    def pooled_slope(side, idx):
-        points = [(a, np.nanmean(t1[h, a][idx])) for h in hs for a in side]
+    def pooled_slope(side_alphas, idx):
+        points = [(a, np.nanmean(t1[h, a][idx])) for h in hs for a in side_alphas]
         return V.slope(*zip(*points))
 
     ratio = lambda idx: float(np.nanmean([np.nanmean(t1[h, a][idx]) / a for h in hs for a in feature]))
@@ -377,14 +439,16 @@ def timescale(ctx, sizes):
               for key, rs in runs.items()}
     mean_growth = lambda idx: float(np.nanmean([growth[key][idx] for key in runs]))
     claims = [
-        V.near("slope of t1 against alpha sqrt(h), feature side (<= 0.1)",
-               *V.estimate(lambda idx: pooled_slope(feature, idx), n), 1.0, 0.2, "1: t1 ~ alpha sqrt(h) (+- 0.2)"),
-        V.within("t1 / (alpha sqrt(h)), feature side", *V.estimate(ratio, n), 1.0, 6.0, "about 2-3",
-                 "tolerance: a factor 2"),
-        V.near("slope of t1 against alpha sqrt(h), lazy side (>= 100)",
-               *V.estimate(lambda idx: pooled_slope(lazy, idx), n), 0.0, 0.1, "0: t1 independent of alpha (+- 0.1)"),
-        V.near("slope of |F(t) - F(0)| against t for t < t1/10", *V.estimate(mean_growth, n), 1.0, 0.1,
-               "1: linear growth (+- 0.1)"),
+        claim(V.near, f"slope of t1 against alpha sqrt(h), feature side ({feature_name})",
+              lambda idx: pooled_slope(feature, idx), n, 1.0, 0.2, paper="1: t1 ~ alpha sqrt(h) (+- 0.2)",
+              lacking=shortage(feature, 2, feature_name)),
+        claim(V.within, f"t1 / (alpha sqrt(h)), feature side ({feature_name})", ratio, n, 1.0, 6.0,
+              paper="about 2-3", note="tolerance: a factor 2", lacking=shortage(feature, 1, feature_name)),
+        claim(V.near, f"slope of t1 against alpha sqrt(h), lazy side ({lazy_name})",
+              lambda idx: pooled_slope(lazy, idx), n, 0.0, 0.1, paper="0: t1 independent of alpha (+- 0.1)",
+              lacking=shortage(lazy, 2, lazy_name)),
+        claim(V.near, "slope of |F(t) - F(0)| against t for t < t1/10", mean_growth, n, 1.0, 0.1,
+              paper="1: linear growth (+- 0.1)"),
     ]
     h_show = hs[-1]
     numbers = {
@@ -414,13 +478,15 @@ def kernels(ctx, sizes):
     claims = []
     for h in hs:
         lazy, feature = err[h, max(alphas)], err[h, min(alphas)]
-        claims.append(V.near(f"h={h}, lazy end: network - init. kernel error",
-                             *V.estimate(lambda idx: (lazy["network"][idx] - lazy["init_kernel"][idx]).mean(), n),
-                             0.0, 0.0025, "equal: the lazy limit is the init. kernel (+- 0.25 %)"))
+        claims.append(claim(V.near, f"h={h}, lazy end: network - init. kernel error",
+                            lambda idx: (lazy["network"][idx] - lazy["init_kernel"][idx]).mean(), n, 0.0, 0.0025,
+                            paper="equal: the lazy limit is the init. kernel (+- 0.25 %)",
+                            lacking=end_lacking(alphas, "lazy")))
         closer = lambda idx: (np.abs(feature["init_kernel"][idx] - feature["network"][idx]).mean()
                               - np.abs(feature["final_kernel"][idx] - feature["network"][idx]).mean())
-        claims.append(V.sign_claim(f"h={h}, feature end: |init - network| - |final - network|",
-                                   *V.estimate(closer, n), +1, "the final kernel is closer to the network"))
+        claims.append(claim(V.sign_claim, f"h={h}, feature end: |init - network| - |final - network|", closer, n,
+                            +1, paper="the final kernel is closer to the network",
+                            lacking=end_lacking(alphas, "feature")))
     numbers = {"h": hs, "alpha_sqrt_h": alphas,
                "errors": {h: {kind: [float(err[h, a][kind].mean()) for a in alphas]
                               for kind in ("network", "init_kernel", "final_kernel")} for h in hs}}

@@ -13,6 +13,15 @@ which is what gradient flow on L = 1/(alpha^2 p) sum_mu l(y_mu F_mu) gives when
 F is linear in the weights (the alphas cancel). `flow` integrates it with the
 same adaptive integrator as network training (lazyfeat.gradient_flow).
 """
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import copy
+import numbers
+
 import lazyfeat as lf
 
 
@@ -22,11 +31,12 @@ import lazyfeat as lf
 
 
 def layer_signals(net, params, x):
-    """One forward pass and one backward pass with g = 1 on the points x.
+    """One forward pass and one backward pass with g = 1 on the points x, for every member.
 
     Returns, for every layer with weights, (layer, its params, its cache, g_out):
     its inputs (in the cache) and the per-sample signals df(x_n)/d(out_n) at its
-    outputs, which is all the layer needs to give its NTK contribution.
+    outputs, which is all the layer needs to give its NTK contribution. params
+    carry the member axis.
     """
     xp = lf.array_module(params[0])
     x = xp.asarray(x, dtype=params[0].dtype)
@@ -41,14 +51,14 @@ def block_by_layers(signals1, signals2):
 
 
 def jacobian(signals):
-    """The Jacobian df(x_n)/dw of the whole network on these points, shape (n, P), in params order."""
+    """The Jacobian df(x_n)/dw of every member on these points, shape (S, n, P), in params order."""
     xp = lf.array_module(signals[0][3])
-    return xp.concatenate([layer.jacobian(p, c, g) for layer, p, c, g in reversed(signals)], axis=1)
+    return xp.concatenate([layer.jacobian(p, c, g) for layer, p, c, g in reversed(signals)], axis=2)
 
 
 def block_by_jacobian(signals1, signals2):
-    """Theta block = J1 J2^T, for tests and teaching: it forms the (n, P) Jacobians."""
-    return jacobian(signals1) @ jacobian(signals2).T
+    """Theta block = J1 J2^T, for tests and teaching: it forms the (S, n, P) Jacobians."""
+    return jacobian(signals1) @ jacobian(signals2).transpose(0, 2, 1)
 
 
 BLOCKS = {"layers": block_by_layers, "jacobian": block_by_jacobian}
@@ -57,33 +67,36 @@ BLOCKS = {"layers": block_by_layers, "jacobian": block_by_jacobian}
 def ntk(net, params, x1, x2=None, chunk=1024, method="layers"):
     """The empirical NTK Theta(x1_i, x2_j), an (n1, n2) Gram matrix (x2 = x1 when omitted).
 
-    Points are taken `chunk` at a time, so memory is bounded by the chunk size
-    (plus the result); with x2 omitted only the blocks on and above the diagonal
-    are computed and the result is exactly symmetric. method "layers" sums each
-    layer's structured contribution; "jacobian" forms J1 J2^T (slow, for checks).
+    For an ensemble (params with a member axis) it is the NTK of every member,
+    (S, n1, n2). Points are taken `chunk` at a time, so memory is bounded by the
+    chunk size (plus the result); with x2 omitted only the blocks on and above the
+    diagonal are computed and the result is exactly symmetric. method "layers"
+    sums each layer's structured contribution; "jacobian" forms J1 J2^T (slow, for checks).
     """
     if method not in BLOCKS:
         raise ValueError(f"unknown NTK method {method!r}; choose one of {sorted(BLOCKS)}")
     chunk = lf.check_int("chunk", chunk)
     block = BLOCKS[method]
+    params, single = net.members(params)
     xp = lf.array_module(params[0])
     symmetric = x2 is None
     x2 = x1 if symmetric else x2
-    theta = xp.empty((len(x1), len(x2)), dtype=params[0].dtype)
+    theta = xp.empty((len(params[0]), len(x1), len(x2)), dtype=params[0].dtype)
     for i in range(0, len(x1), chunk):
         rows = layer_signals(net, params, x1[i:i + chunk])
         for j in range(i if symmetric else 0, len(x2), chunk):
             cols = rows if symmetric and j == i else layer_signals(net, params, x2[j:j + chunk])
-            theta[i:i + chunk, j:j + chunk] = block(rows, cols)
+            theta[:, i:i + chunk, j:j + chunk] = block(rows, cols)
             if symmetric and j != i:
-                theta[j:j + chunk, i:i + chunk] = theta[i:i + chunk, j:j + chunk].T
-    return theta
+                theta[:, j:j + chunk, i:i + chunk] = theta[:, i:i + chunk, j:j + chunk].transpose(0, 2, 1)
+    return theta[0] if single else theta
 
 
 def kernel_change(theta, theta0):
-    """|Theta - Theta0|_F / |Theta0|_F, as a host float."""
+    """|Theta - Theta0|_F / |Theta0|_F: a host float, or one per member for (S, n, n) kernels."""
     xp = lf.array_module(theta)
-    return lf.to_host(xp.linalg.norm(theta - theta0) / xp.linalg.norm(theta0))[0]
+    norm = lambda a: xp.sqrt(xp.sum(a**2, axis=(-2, -1)))
+    return lf.to_host(norm(theta - theta0) / norm(theta0))[0]
 
 
 def kernel_change_callback(net, x, theta0, chunk=1024):
@@ -101,24 +114,45 @@ def kernel_change_callback(net, x, theta0, chunk=1024):
 
 
 class KernelSystem:
-    """dF/dt = -(1/p) Theta l'(y F) y with Theta frozen, seen by the integrator.
+    """dF/dt = -(1/p) Theta l'(y F) y with Theta frozen, for S members, seen by the integrator.
 
-    The state is [F on the training points] or [F_train, F_test]: the test rows
-    Theta(x_test, x_mu) move F_test with the same integral, step by step.
+    The state is [F on the training points] or [F_train, F_test], each (S, n): the
+    test rows Theta(x_test, x_mu) move F_test with the same integral, step by step.
+    Theta is one kernel for all members (p, p) or one per member (S, p, p); every
+    member has its own alpha (which sets only the loss's 1/alpha^2 scale).
     """
 
     def __init__(self, theta, y, alpha, theta_test_train=None, y_test=None, loss="softhinge"):
-        self.theta, self.y, self.alpha = theta, y, lf.check_alpha(alpha)
+        self.theta, self.y, self.alpha = theta, y, alpha
         self.theta_test_train, self.y_test = theta_test_train, y_test
         self.l, self.dl = lf.check_loss(loss)
+
+    def take(self, idx):
+        """The system of the members idx only."""
+        part = copy.copy(self)
+        part.alpha = self.alpha[idx]
+        if self.theta.ndim == 3:
+            part.theta = self.theta[idx]
+            part.theta_test_train = None if self.theta_test_train is None else self.theta_test_train[idx]
+        return part
+
+    @staticmethod
+    def apply(theta, v):
+        """Theta v for every member: v (S, p) against one kernel (n, p) or one per member (S, n, p)."""
+        return v @ theta.T if theta.ndim == 2 else (theta @ v[:, :, None])[:, :, 0]
 
     def evaluate(self, state):
         xp = lf.array_module(state[0])
         F = state[0]
         margins = self.y * F
-        v = self.dl(margins, xp) * self.y * (1.0 / len(self.y))
-        grad = [self.theta @ v] + ([self.theta_test_train @ v] if self.theta_test_train is not None else [])
-        return lf.Point(F, margins, xp.mean(self.l(margins, xp)) / self.alpha**2, grad)
+        v = self.dl(margins, xp) * self.y * (1.0 / self.y.shape[-1])
+        grad = [self.apply(self.theta, v)]
+        if self.theta_test_train is not None:
+            grad.append(self.apply(self.theta_test_train, v))
+        return lf.Point(F, margins, xp.mean(self.l(margins, xp), axis=1) / self.alpha**2, grad)
+
+    def test_predictor(self, state):
+        return state[1] if self.theta_test_train is not None else None
 
     def observe(self, state, point):
         return lf.fit_record(point, self.l, None if self.theta_test_train is None else self.y_test * state[1])
@@ -130,29 +164,41 @@ def flow(theta_train, y, alpha, theta_test_train=None, y_test=None, *, loss="sof
 
     theta_train is Theta on the p training points (p, p); theta_test_train, if
     given, is Theta(x_test, x_train) and the test predictor follows the same
-    integral. `options` are those of lazyfeat.gradient_flow (max_dgrad, max_dout,
-    dt, tau, max_time, max_wall, max_steps, checkpoints, callback): the same
-    integrator, stop rules and records as network training.
+    integral. S members at once: alpha a sequence of S values (one kernel for all),
+    or kernels with a member axis (S, p, p) and (S, n_test, p). `options` are those
+    of lazyfeat.gradient_flow (max_dgrad, max_dout, dt, tau, max_time, max_wall,
+    max_steps, checkpoints, callback): the same integrator, stop rules and records
+    as network training. Returns a Run, or a list of S Runs for S members.
     """
     xp = lf.array_module(theta_train)
-    p = len(theta_train)
-    if theta_train.shape != (p, p):
-        raise ValueError(f"theta_train must be square (p, p), got {tuple(theta_train.shape)}")
-    y = xp.asarray(y, dtype=theta_train.dtype)
+    p = theta_train.shape[-1]
+    if theta_train.ndim not in (2, 3) or theta_train.shape[-2] != p:
+        raise ValueError(f"theta_train must be square (p, p), or (S, p, p) for S members, "
+                         f"got {tuple(theta_train.shape)}")
+    single = theta_train.ndim == 2 and isinstance(alpha, numbers.Real)
+    S = len(theta_train) if theta_train.ndim == 3 else 1 if single else len(alpha)
+    dtype = theta_train.dtype
+    alpha = xp.asarray(lf.check_alphas(alpha, S), dtype=dtype)
+    y = xp.asarray(y, dtype=dtype)
     lf.check_labels(y, p)
-    state = [xp.zeros(p, dtype=theta_train.dtype) if F0 is None else xp.asarray(F0, dtype=theta_train.dtype)]
+    state = [start(F0, (S, p), xp, dtype)]
     if theta_test_train is not None:
-        if y_test is None or theta_test_train.shape != (len(y_test), p):
-            raise ValueError(f"theta_test_train must have shape (len(y_test), {p}) and y_test must be given")
-        y_test = xp.asarray(y_test, dtype=theta_train.dtype)
+        if y_test is None or theta_test_train.shape[-2:] != (len(y_test), p) \
+                or theta_test_train.ndim != theta_train.ndim:
+            raise ValueError(f"theta_test_train must have shape (len(y_test), {p}) (with the member axis of "
+                             "theta_train, if any) and y_test must be given")
+        y_test = xp.asarray(y_test, dtype=dtype)
         lf.check_labels(y_test, len(y_test), "y_test")
-        state.append(xp.zeros(len(y_test), dtype=theta_train.dtype) if F0_test is None
-                     else xp.asarray(F0_test, dtype=theta_train.dtype))
-    run = lf.gradient_flow(KernelSystem(theta_train, y, alpha, theta_test_train, y_test, loss), state, **options)
-    if theta_test_train is not None:
-        run.F_test = run.state[1]
-        run.test_error = run.records[-1]["test_err"]
-    return run
+        state.append(start(F0_test, (S, len(y_test)), xp, dtype))
+    runs = lf.gradient_flow(KernelSystem(theta_train, y, alpha, theta_test_train, y_test, loss), state, **options)
+    return runs[0] if single else runs
+
+
+def start(F0, shape, xp, dtype):
+    """The initial predictor of every member: zeros, or F0 (one for all members, or one per member)."""
+    if F0 is None:
+        return xp.zeros(shape, dtype=dtype)
+    return xp.array(xp.broadcast_to(xp.asarray(F0, dtype=dtype), shape))
 
 
 def baseline(net, params, x, y, x_test, y_test, alpha, *, loss="softhinge", chunk=1024, **options):
@@ -163,3 +209,234 @@ def baseline(net, params, x, y, x_test, y_test, alpha, *, loss="softhinge", chun
     theta = ntk(net, params, x, chunk=chunk)
     theta_test_train = ntk(net, params, x_test, x, chunk=chunk)
     return flow(theta, y, alpha, theta_test_train, y_test, loss=loss, **options)
+
+
+# ---------------------------------------------------------------------------
+# The NTK at infinite width
+# ---------------------------------------------------------------------------
+#
+# As h -> infinity the NTK of lazyfeat.FC at initialisation becomes a fixed kernel
+# (Jacot et al. 2018). With the engine's conventions (weights N(0, 1), every layer
+# divided by sqrt(fan_in), activations a = c sigma(z) with c = lf.normalisation(act),
+# biases entering as bias * b with b = 0 at initialisation, no bias on the readout),
+# the preactivations z_l(x) of every layer are Gaussian with covariance Sigma_l, and
+# in the form of Arora et al. 2019 (their Theorem 3.1):
+#
+#     Sigma_1(x, x') = x.x' / D
+#     Sigma_{l+1}    = c^2 E[sigma(u) sigma(v)]     (u, v) ~ N(0, Sigma_l on x, x')
+#     Sigma'_{l+1}   = c^2 E[sigma'(u) sigma'(v)]
+#     Theta_1        = Sigma_1 + bias^2
+#     Theta_{l+1}    = Sigma_{l+1} + bias^2 + Theta_l Sigma'_{l+1}      (l < L)
+#     Theta          = Sigma_{L+1} + Theta_L Sigma'_{L+1}                (the readout)
+#
+# The bias weights add bias^2 to the NTK of every hidden layer but nothing to Sigma
+# (b = 0 at initialisation). Sigma_{L+1} is the NNGP kernel: the covariance of
+# f(w0, x) over initialisations.
+#
+# The expectations are computed by quadrature. With inputs of norm sqrt(D) (the
+# paper's preprocessing, section 5) every variance Sigma_l(x, x) is 1 (that is what c
+# normalises), so the kernel depends on the input cosine x.x'/D only: it is tabulated
+# once per (L, act, bias) and interpolated.
+
+ANGLES_PER_ARC = 40  # Gauss-Legendre nodes in the angle, on each of the four arcs
+RADII = 64  # Gauss-Legendre nodes in the radius, on [0, R_MAX]
+R_MAX = 14.0  # the Gaussian weight beyond it, exp(-R_MAX^2 / 2), is below 1e-42
+QUADRATURE_ERROR = 1e-11  # bound on the error of each expectation, variances in [1/4, 4]
+PAIRS_PER_CHUNK = 256  # pairs (x, x') whose quadrature nodes are held in memory at once
+TABLE_POINTS = 1025  # table of the kernel on a uniform grid of the input angle in [0, pi]
+TABLE_ERROR = 1e-9  # bound on the interpolation error, relative to Theta(x, x), for L <= 5
+SPHERE_TOLERANCE = 1e-10  # |x|^2 / D within this of 1 counts as on the sphere
+
+
+@functools.cache
+def polar_rule(angles=ANGLES_PER_ARC, radii=RADII):
+    """Gauss-Legendre nodes t on [-1, 1] and weights for the angle; radii r and weights w with
+    sum_k w_k g(r_k) = int_0^R_MAX g(r) r exp(-r^2 / 2) dr (host arrays)."""
+    t, t_weights = np.polynomial.legendre.leggauss(angles)
+    s, s_weights = np.polynomial.legendre.leggauss(radii)
+    r = (s + 1) * (R_MAX / 2)
+    return t, t_weights, r, s_weights * (R_MAX / 2) * r * np.exp(-r * r / 2)
+
+
+def arcs(theta, t, t_weights):
+    """The angles phi (n, 4 * len(t)) of the nodes t on the four arcs of each circle, and their weights.
+
+    The arcs end where u = 0 or v = 0: at phi = -pi/2, theta - pi/2, pi/2, theta + pi/2, 3 pi/2.
+    """
+    xp = lf.array_module(theta)
+    edges = xp.asarray([-1.0, -1.0, 1.0, 1.0, 3.0]) * (math.pi / 2) + theta[:, None] * xp.asarray([0.0, 1, 0, 1, 0])
+    start, half = edges[:, :-1, None], (edges[:, 1:, None] - edges[:, :-1, None]) / 2
+    return (start + half * (t + 1)).reshape(len(theta), -1), (half * t_weights).reshape(len(theta), -1)
+
+
+def polar_sums(pair, q1, q12, q2, rule):
+    """gaussian_expectations on flat arrays of a few pairs: both sums, shape (2, n)."""
+    xp = lf.array_module(q12)
+    t, t_weights, r, r_weights = rule
+    theta = xp.arccos(xp.clip(q12 / xp.maximum(xp.sqrt(q1 * q2), 1e-300), -1.0, 1.0))
+    phi, phi_weights = arcs(theta, t, t_weights)
+    u = (xp.sqrt(q1)[:, None] * xp.cos(phi))[:, :, None] * r
+    v = (xp.sqrt(q2)[:, None] * xp.cos(phi - theta[:, None]))[:, :, None] * r
+    (su, du), (sv, dv) = pair(u, xp), pair(v, xp)
+    return xp.stack([((su * sv) @ r_weights * phi_weights).sum(axis=1),
+                     ((du * dv) @ r_weights * phi_weights).sum(axis=1)]) / (2 * math.pi)
+
+
+def gaussian_expectations(act, q1, q12, q2, angles=ANGLES_PER_ARC, radii=RADII):
+    """E[sigma(u) sigma(v)] and E[sigma'(u) sigma'(v)] for (u, v) centred Gaussian with Var u = q1,
+    Var v = q2 and Cov(u, v) = q12 (arrays that broadcast; sigma the raw activation `act`).
+
+    In the polar coordinates (r, phi) of a standard Gaussian pair, u = sqrt(q1) r cos(phi) and
+    v = sqrt(q2) r cos(phi - theta) with cos(theta) = q12 / sqrt(q1 q2), and the density is
+    r exp(-r^2 / 2) dr dphi / (2 pi). The lines u = 0 and v = 0, where ReLU has its kink, cut the
+    circle into four arcs (`arcs`); on each the integrand is smooth in phi and r, so Gauss-Legendre
+    on each arc and on 0 <= r <= R_MAX converges fast. With the default nodes the error is below
+    QUADRATURE_ERROR for variances in [1/4, 4] and any correlation (ReLU: exact up to rounding);
+    tests check it against the closed form of ReLU and against twice the nodes.
+    """
+    xp = lf.array_module(q12)
+    pair = lf.RAW_ACTIVATIONS[act]
+    q1, q12, q2 = xp.broadcast_arrays(*(xp.asarray(q, dtype=xp.float64) for q in (q1, q12, q2)))
+    shape = q12.shape
+    q1, q12, q2 = (q.ravel() for q in (q1, q12, q2))
+    rule = [xp.asarray(a) for a in polar_rule(angles, radii)]
+    sums = xp.empty((2, q12.size))
+    for i in range(0, q12.size, PAIRS_PER_CHUNK):
+        part = slice(i, i + PAIRS_PER_CHUNK)
+        sums[:, part] = polar_sums(pair, q1[part], q12[part], q2[part], rule)
+    return sums[0].reshape(shape), sums[1].reshape(shape)
+
+
+def infinite_width_kernels(Sigma, q1, q2, L, act, bias):
+    """(Theta, Sigma_{L+1}) by the layer recursion at the top of this section.
+
+    Sigma = x.x' / D on the pairs; q1 = |x|^2 / D and q2 = |x'|^2 / D, the variances
+    of the two points (arrays that broadcast with Sigma), follow the same recursion.
+    """
+    c2 = lf.normalisation(act) ** 2
+    theta = Sigma + bias**2
+    for layer in range(1, L + 1):
+        E, E_dot = gaussian_expectations(act, q1, Sigma, q2)
+        q1, q2 = (c2 * gaussian_expectations(act, q, q, q)[0] for q in (q1, q2))
+        Sigma, Sigma_dot = c2 * E, c2 * E_dot
+        theta = Sigma + theta * Sigma_dot + (bias**2 if layer < L else 0.0)
+    return theta, Sigma
+
+
+def cubic_pieces(values):
+    """The coefficients (4, n - 1) of 1, s, s^2, s^3 on each interval [i, i + 1] of a table of n
+    values, s = position - i: the cubic through the four nearest points (i - 1 .. i + 2, shifted
+    inwards at the two ends). Its error is about 0.02 step^4 |f''''|."""
+    n = len(values)
+    interval = np.arange(n - 1)[:, None]
+    points = np.clip(interval - 1, 0, n - 4) + np.arange(4)
+    vandermonde = (points - interval)[:, :, None] ** np.arange(4.0)
+    return np.linalg.solve(vandermonde, values[points][:, :, None])[:, :, 0].T.copy()
+
+
+@dataclass
+class KernelTable:
+    """Theta and the NNGP kernel of unit-variance inputs as piecewise cubics in the input angle
+    arccos(x.x'/D), on a uniform grid of [0, pi] with spacing `step` (see cubic_pieces)."""
+
+    step: float
+    theta: np.ndarray
+    nngp: np.ndarray
+
+
+@functools.cache
+def kernel_table(L, act, bias):
+    """The KernelTable of (L, act, bias), computed once (host arrays).
+
+    The kernel is tabulated against the angle rather than the cosine: it is smooth in
+    the angle up to 0 and pi, where ReLU's is not in the cosine (arc-cosine kernels).
+    """
+    angles = np.linspace(0.0, math.pi, TABLE_POINTS)
+    theta, nngp = infinite_width_kernels(np.cos(angles), 1.0, 1.0, L, act, bias)
+    return KernelTable(float(angles[1]), cubic_pieces(theta), cubic_pieces(nngp))
+
+
+def interpolate(pieces, step, cosine):
+    """The piecewise cubic `pieces` (on the device of `cosine`) at the angles arccos(cosine)."""
+    xp = lf.array_module(cosine)
+    position = xp.arccos(xp.clip(cosine, -1.0, 1.0)) * (1.0 / step)
+    i = xp.minimum(position.astype(np.int64), pieces.shape[1] - 1)
+    s = position - i
+    value = xp.take(pieces[3], i)
+    for k in (2, 1, 0):
+        value *= s
+        value += xp.take(pieces[k], i)
+    return value
+
+
+def gram_blocks(x1, x2, block, count, chunk):
+    """The `count` matrices (count, n1, n2) that block(rows of x1, rows of x2) gives, `chunk` x `chunk` at a time.
+
+    With x2 None (x2 = x1) only the blocks on and above the diagonal are computed; the result is
+    exactly symmetric.
+    """
+    xp = lf.array_module(x1)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else x2
+    out = xp.empty((count, len(x1), len(x2)))
+    for i in range(0, len(x1), chunk):
+        for j in range(i if symmetric else 0, len(x2), chunk):
+            values = block(x1[i:i + chunk], x2[j:j + chunk])
+            if symmetric and i == j:
+                values = (values + values.transpose(0, 2, 1)) / 2
+            out[:, i:i + chunk, j:j + chunk] = values
+            if symmetric and j != i:
+                out[:, j:j + chunk, i:i + chunk] = values.transpose(0, 2, 1)
+    return out
+
+
+def check_infinite_width_input(x1, x2, L, act, bias):
+    """ValueError unless x1 (n1, D) and x2 (n2, D) share D, L >= 1, act is known and bias >= 0."""
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is not None and x.ndim != 2:
+            raise ValueError(f"{name} must have shape (n, D), got {tuple(x.shape)}; "
+                             "flatten images with x.reshape(len(x), -1)")
+    if x2 is not None and x2.shape[1] != x1.shape[1]:
+        raise ValueError(f"x1 and x2 must have the same input dimension D, got {x1.shape[1]} and {x2.shape[1]}")
+    lf.check_int("L", L)
+    if act not in lf.RAW_ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; choose one of {sorted(lf.RAW_ACTIVATIONS)}")
+    if not (isinstance(bias, (int, float)) and math.isfinite(bias) and bias >= 0):
+        raise ValueError(f"bias must be a finite number >= 0 (0 disables biases), got {bias!r}")
+
+
+def on_sphere(x):
+    """Whether every row of x has |x|^2 / D = 1 (within SPHERE_TOLERANCE)."""
+    xp = lf.array_module(x)
+    return bool(xp.all(xp.abs(xp.sum(x * x, axis=1) / x.shape[1] - 1) <= SPHERE_TOLERANCE))
+
+
+def ntk_infinite(x1, x2=None, *, L, act="softplus", bias=0.0, nngp=False, chunk=1024):
+    """The NTK Theta(x1_i, x2_j) of lazyfeat.FC(D, h, L, act, bias) at h = infinity, (n1, n2)
+    (x2 = x1 when omitted); with nngp=True the pair (Theta, NNGP kernel Sigma_{L+1}).
+
+    It follows the recursion at the top of this section. When every input has norm sqrt(D)
+    the kernel is read from kernel_table(L, act, bias) (built once, on the host) at the cosines
+    x.x'/D, to within TABLE_ERROR x Theta(x, x); otherwise every pair is computed by quadrature
+    (`gaussian_expectations`, to QUADRATURE_ERROR per expectation; far slower). Inputs on the
+    GPU stay there; the result is float64 on their device.
+    """
+    check_infinite_width_input(x1, x2, L, act, bias)
+    xp = lf.array_module(x1)
+    x1 = xp.asarray(x1, dtype=xp.float64)
+    x2 = None if x2 is None else xp.asarray(x2, dtype=xp.float64)
+    D = x1.shape[1]
+    if on_sphere(x1) and (x2 is None or on_sphere(x2)):
+        table = kernel_table(L, act, float(bias))
+        pieces = [xp.asarray(table.theta)] + ([xp.asarray(table.nngp)] if nngp else [])
+
+        def block(a, b):
+            cosine = a @ b.T * (1.0 / D)
+            return xp.stack([interpolate(p, table.step, cosine) for p in pieces])
+    else:
+        def block(a, b):
+            kernels = infinite_width_kernels(a @ b.T * (1.0 / D), xp.sum(a * a, axis=1)[:, None] / D,
+                                             xp.sum(b * b, axis=1)[None, :] / D, L, act, bias)
+            return xp.stack(kernels[:2 if nngp else 1])
+    out = gram_blocks(x1, x2, block, 2 if nngp else 1, lf.check_int("chunk", chunk))
+    return (out[0], out[1]) if nngp else out[0]

@@ -15,12 +15,21 @@ top to bottom:
 6. the integrator of gradient flow dw/dt = -grad L with the paper's adaptive
    time step, generic over the state (kernels.py reuses it);
 7. `train`: gradient flow or Adam on a network, with stop rules and records.
+
+An ensemble. The paper's findings need many networks of one architecture on one
+data set, differing only in their initialisation seed and in alpha. The engine
+trains S of them as one computation: every parameter array carries a leading
+member axis of S (`net.init([seed_1, ..., seed_S])`), every activation too, and
+each member keeps its own alpha, its own adaptive time step, its own records and
+its own stop. One network is the case S = 1 of the same code: `net.init(seed)`
+gives arrays without the member axis, and the engine adds and removes it.
 """
 import ctypes
 import functools
 import math
+import numbers
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -80,18 +89,27 @@ def array_module(a):
     return np
 
 
-def to_host(*scalars):
-    """Bring 0-d device arrays (or numbers) to the host as Python floats, in one transfer.
+def to_host(*values):
+    """Bring device values to the host in one transfer: 0-d arrays (or numbers) as Python
+    floats, 1-d arrays (one value per member of an ensemble) as NumPy arrays.
 
     This is the only place where values cross from the device during a run.
     """
-    device_values = [s for s in scalars if not isinstance(s, (int, float))]
+    device_values = [v for v in values if not isinstance(v, numbers.Real)]
     if not device_values:
-        return [float(s) for s in scalars]
+        return [float(v) for v in values]
     xp = array_module(device_values[0])
-    stacked = xp.stack([xp.asarray(s, dtype=xp.float64).reshape(()) for s in scalars])
-    host = stacked.get() if hasattr(stacked, "get") else stacked
-    return [float(v) for v in host]
+    flat = xp.concatenate([xp.asarray(v, dtype=xp.float64).reshape(-1) for v in values])
+    host = flat.get() if hasattr(flat, "get") else flat
+    out, i = [], 0
+    for v in values:
+        if getattr(v, "ndim", 0) == 0:
+            out.append(float(host[i]))
+            i += 1
+        else:
+            out.append(np.array(host[i:i + v.size]))
+            i += v.size
+    return out
 
 
 def check_dtype(dtype):
@@ -100,6 +118,23 @@ def check_dtype(dtype):
     if dtype not in (np.float64, np.float32):
         raise ValueError(f"dtype must be float64 or float32, got {dtype}")
     return dtype
+
+
+def check_int(name, value, minimum=1):
+    """`value` as an int, or a ValueError that names `name` and the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def per_member(values, like):
+    """Reshape one value per member, shape (S,), to broadcast against an array `like` of shape (S, ...)."""
+    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def member_sum(a):
+    """The sum of each member's entries: (S, ...) -> (S,)."""
+    return a.reshape(len(a), -1).sum(axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -177,20 +212,46 @@ def normalisation(name):
 
 # ---------------------------------------------------------------------------
 # 3. Layers
-#
-# A layer has `n_params` (how many arrays it owns), `init(rng)` (those arrays,
-# drawn on the host), `forward(params, a) -> (out, cache)`,
-# `backward_input(params, cache, g)` (the gradient with respect to its input
-# given g = d(sum_i g_i f_i)/d(out)) and, when it has parameters,
-# `backward_params(params, cache, g)`, `jacobian(params, cache, g)` (the per-sample
-# derivatives df(x_n)/dw of its weights) and `ntk(params, cache1, g1, cache2, g2)`,
-# its contribution sum_{w in layer} df(x1)/dw df(x2)/dw, computed without forming
-# the Jacobian where the layer's structure allows. For the last two, g are the
-# per-sample backward signals of f itself (g = 1 at the output).
 # ---------------------------------------------------------------------------
 
 
-class Dense:
+class Layer:
+    """The layer protocol. Every parameter and every activation has a leading axis of S members.
+
+    The input of the network (x, of shape (n, ...)) is shared by all members; the
+    first layer with weights reads it once for all of them, or reads (S, n, ...)
+    when each member has its own samples (Adam's mini-batches). A layer has:
+
+    - `shapes()`: the shapes of its parameter arrays for one member, and
+      `init(rng)`: those arrays for one member, drawn on the host (W_ij ~ N(0, 1));
+    - `forward(params, a) -> (out, cache)`;
+    - `backward_input(params, cache, g)`: the gradient with respect to its input, given
+      g = d(sum f)/d(out) (not needed of the first trained layer);
+    - where it has parameters, `backward_params(params, cache, g)` (the gradients of its
+      arrays), `jacobian(params, cache, g)`, the per-sample derivatives df(x_n)/dw of
+      shape (S, n, its weight count), and `ntk(params, cache1, g1, cache2, g2)`, its
+      contribution sum_{w in layer} df(x1)/dw df(x2)/dw of shape (S, n1, n2), computed
+      without forming the Jacobian where the layer's structure allows. For the last two
+      g are the per-sample backward signals of f itself (g = 1 at the output).
+    """
+
+    def shapes(self):
+        return []
+
+    @property
+    def n_params(self):
+        return len(self.shapes())
+
+    def init(self, rng):
+        return [rng.standard_normal(shape) for shape in self.shapes()]
+
+
+def shared(a, sample_ndim):
+    """Whether the input `a` is shared by all members (no member axis): its ndim is that of one sample + 1."""
+    return a.ndim == sample_ndim + 1
+
+
+class Dense(Layer):
     """z = W a / sqrt(fan_in) + bias b, with W of shape (fan_out, fan_in), W_ij ~ N(0, 1).
 
     The optional bias follows the paper's appendix: b starts at 0 and enters as
@@ -199,77 +260,87 @@ class Dense:
 
     def __init__(self, fan_in, fan_out, bias=0.0):
         self.fan_in, self.fan_out, self.bias = fan_in, fan_out, bias
-        self.n_params = 2 if bias else 1
+
+    def shapes(self):
+        return [(self.fan_out, self.fan_in)] + ([(self.fan_out,)] if self.bias else [])
 
     def init(self, rng):
         W = rng.standard_normal((self.fan_out, self.fan_in))
         return [W, np.zeros(self.fan_out)] if self.bias else [W]
 
     def forward(self, params, a):
-        z = (a @ params[0].T) * (1.0 / math.sqrt(self.fan_in))
+        """z[s] = a[s] W[s]^T / sqrt(fan_in); a shared input (n, fan_in) is one GEMM against all members' W."""
+        W = params[0]
+        S = len(W)
+        if shared(a, 1):
+            z = (a @ W.reshape(S * self.fan_out, self.fan_in).T).reshape(len(a), S, self.fan_out).transpose(1, 0, 2)
+        else:
+            z = a @ W.transpose(0, 2, 1)
+        z *= 1.0 / math.sqrt(self.fan_in)
         if self.bias:
-            z += self.bias * params[1]
+            z += self.bias * params[1][:, None, :]
         return z, a
 
     def backward_input(self, params, a, g):
         return (g @ params[0]) * (1.0 / math.sqrt(self.fan_in))
 
     def backward_params(self, params, a, g):
-        dW = (g.T @ a) * (1.0 / math.sqrt(self.fan_in))
-        return [dW, self.bias * g.sum(axis=0)] if self.bias else [dW]
+        """dW[s] = g[s]^T a[s] / sqrt(fan_in); with a shared input, one GEMM for all members."""
+        S, n = g.shape[:2]
+        if shared(a, 1):
+            dW = (g.transpose(0, 2, 1).reshape(S * self.fan_out, n) @ a).reshape(S, self.fan_out, self.fan_in)
+        else:
+            dW = g.transpose(0, 2, 1) @ a
+        dW *= 1.0 / math.sqrt(self.fan_in)
+        return [dW, self.bias * g.sum(axis=1)] if self.bias else [dW]
 
     def jacobian(self, params, a, g):
-        """Per-sample df/dW_ij = g_i a_j / sqrt(fan_in) (and df/db_i = bias g_i), shape (n, n_weights)."""
-        xp = array_module(a)
-        dW = (g[:, :, None] * a[:, None, :]).reshape(len(a), -1) * (1.0 / math.sqrt(self.fan_in))
-        return xp.concatenate([dW, self.bias * g], axis=1) if self.bias else dW
+        """Per-sample df/dW_ij = g_i a_j / sqrt(fan_in) (and df/db_i = bias g_i), shape (S, n, n_weights)."""
+        xp = array_module(g)
+        S, n = g.shape[:2]
+        dW = (g[..., :, None] * a[..., None, :]).reshape(S, n, -1) * (1.0 / math.sqrt(self.fan_in))
+        return xp.concatenate([dW, self.bias * g], axis=2) if self.bias else dW
 
     def ntk(self, params, a1, g1, a2, g2):
         """Its jacobian(1) jacobian(2)^T without forming them: (A1 A2^T / fan_in + bias^2) * (G1 G2^T)."""
-        return (a1 @ a2.T / self.fan_in + self.bias**2) * (g1 @ g2.T)
+        inputs = a1 @ a2.swapaxes(-1, -2) / self.fan_in + self.bias**2
+        return inputs * (g1 @ g2.transpose(0, 2, 1))
 
 
-class Readout:
+class Readout(Layer):
     """f = W . a / sqrt(h), the scalar output, with W of shape (h,)."""
-
-    n_params = 1
 
     def __init__(self, h):
         self.h = h
 
-    def init(self, rng):
-        return [rng.standard_normal(self.h)]
+    def shapes(self):
+        return [(self.h,)]
 
     def forward(self, params, a):
-        return (a @ params[0]) * (1.0 / math.sqrt(self.h)), a
+        return (a @ params[0][:, :, None])[..., 0] * (1.0 / math.sqrt(self.h)), a
 
     def backward_input(self, params, a, g):
-        return g[:, None] * (params[0] * (1.0 / math.sqrt(self.h)))
+        return g[:, :, None] * (params[0][:, None, :] * (1.0 / math.sqrt(self.h)))
 
     def backward_params(self, params, a, g):
-        return [(g @ a) * (1.0 / math.sqrt(self.h))]
+        return [(g[:, None, :] @ a)[:, 0, :] * (1.0 / math.sqrt(self.h))]
 
     def jacobian(self, params, a, g):
-        """Per-sample df/dW_i = g a_i / sqrt(h), shape (n, h)."""
-        return g[:, None] * a * (1.0 / math.sqrt(self.h))
+        """Per-sample df/dW_i = g a_i / sqrt(h), shape (S, n, h)."""
+        return g[:, :, None] * a * (1.0 / math.sqrt(self.h))
 
     def ntk(self, params, a1, g1, a2, g2):
         """Its jacobian(1) jacobian(2)^T without forming them: (A1 A2^T / h) * (g1 g2^T)."""
-        return (a1 @ a2.T / self.h) * (g1[:, None] * g2[None, :])
+        return (a1 @ a2.transpose(0, 2, 1) / self.h) * (g1[:, :, None] * g2[:, None, :])
 
 
-class Activation:
+class Activation(Layer):
     """a = c sigma(z), elementwise, with c = normalisation(name); it keeps c sigma'(z) for backward."""
-
-    n_params = 0
 
     def __init__(self, name):
         if name not in RAW_ACTIVATIONS:
             raise ValueError(f"unknown activation {name!r}; choose one of {sorted(RAW_ACTIVATIONS)}")
         self.name, self.pair, self.c = name, RAW_ACTIVATIONS[name], normalisation(name)
-
-    def init(self, rng):
-        return []
 
     def forward(self, params, z):
         value, slope = self.pair(z, array_module(z))
@@ -281,22 +352,16 @@ class Activation:
         return g * slope
 
 
-class ChannelsFirst:
-    """(n, C, H, W) images -> (C, n, H, W), the layout every conv layer works in.
+class ChannelsLast(Layer):
+    """(n, C, H, W) images -> (n, H, W, C), the layout every conv layer works in.
 
-    With channels first and samples second, a convolution over the whole batch is
-    one matrix product W (out, C*k*k) @ columns (C*k*k, n*positions), and its
-    output is already in the layout that the next layer takes. It is always the
-    first layer, so it needs no backward pass.
+    With channels last, each row of a k x k patch is k C contiguous numbers, so the
+    patches of all positions are gathered by one strided copy, and a convolution is
+    one matrix product. It is always the first layer, so it needs no backward pass.
     """
 
-    n_params = 0
-
-    def init(self, rng):
-        return []
-
     def forward(self, params, x):
-        return x.transpose(1, 0, 2, 3), None
+        return array_module(x).moveaxis(x, -3, -1), None
 
 
 def conv_output_size(size, k, stride, pad):
@@ -304,97 +369,104 @@ def conv_output_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
-def im2col(a, k, stride, pad):
-    """(C, n, H, W) -> columns (C*k*k, n*OH*OW).
+def patches(a, k, stride, pad):
+    """(..., n, H, W, C) -> columns (..., n*OH*OW, k*k*C), ordered (i, j, c) within a patch.
 
-    Column (n, oh, ow) holds the k x k patch of the zero-padded input whose
-    top-left corner is (stride*oh, stride*ow), ordered (c, i, j) like the weights.
-    One strided copy per filter offset (i, j): no loop over samples or positions.
+    Row (n, oh, ow) holds the k x k patch of the zero-padded input whose top-left
+    corner is (stride*oh, stride*ow): a strided view of the padded input, copied once.
     """
     xp = array_module(a)
-    C, n, H, W = a.shape
+    *lead, n, H, W, C = a.shape
     OH, OW = conv_output_size(H, k, stride, pad), conv_output_size(W, k, stride, pad)
-    padded = xp.zeros((C, n, H + 2 * pad, W + 2 * pad), dtype=a.dtype)
-    padded[:, :, pad:pad + H, pad:pad + W] = a
-    cols = xp.empty((C, k, k, n, OH, OW), dtype=a.dtype)
-    for i in range(k):
-        for j in range(k):
-            cols[:, i, j] = padded[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride]
-    return cols.reshape(C * k * k, n * OH * OW)
+    padded = xp.zeros((*lead, n, H + 2 * pad, W + 2 * pad, C), dtype=a.dtype)
+    padded[..., pad:pad + H, pad:pad + W, :] = a
+    *s_lead, s_n, s_h, s_w, s_c = padded.strides
+    view = xp.lib.stride_tricks.as_strided(
+        padded, (*lead, n, OH, OW, k, k, C), (*s_lead, s_n, stride * s_h, stride * s_w, s_h, s_w, s_c))
+    return view.reshape(*lead, n * OH * OW, k * k * C)
 
 
-class Conv:
+class Conv(Layer):
     """z = W * a / sqrt(C k^2): a k x k convolution, zero padding `pad`, no bias.
 
-    W has shape (out_ch, in_ch, k, k); activations have the layout (C, n, H, W).
+    W has shape (out_ch, in_ch, k, k) per member; activations are (S, n, H, W, C).
     """
-
-    n_params = 1
 
     def __init__(self, in_ch, out_ch, stride, k=5, pad=1):
         self.in_ch, self.out_ch, self.stride, self.k, self.pad = in_ch, out_ch, stride, k, pad
         self.fan_in = in_ch * k * k
 
-    def init(self, rng):
-        return [rng.standard_normal((self.out_ch, self.in_ch, self.k, self.k))]
+    def shapes(self):
+        return [(self.out_ch, self.in_ch, self.k, self.k)]
+
+    def matrix(self, W):
+        """The filters as matrices (S, k*k*C, out), rows ordered (i, j, c) like the patches."""
+        return W.transpose(0, 3, 4, 2, 1).reshape(len(W), self.fan_in, self.out_ch)
 
     def forward(self, params, a):
-        C, n, H, W = a.shape
-        cols = im2col(a, self.k, self.stride, self.pad)
-        z = (params[0].reshape(self.out_ch, -1) @ cols) * (1.0 / math.sqrt(self.fan_in))
-        OH, OW = (conv_output_size(s, self.k, self.stride, self.pad) for s in (H, W))
-        return z.reshape(self.out_ch, n, OH, OW), (cols, a.shape)
+        """z[s] = patches(a[s]) W[s] / sqrt(C k^2); a shared input is one GEMM against all members' filters."""
+        W = self.matrix(params[0])
+        S = len(W)
+        cols = patches(a, self.k, self.stride, self.pad)
+        *_, n, H, Wd, _ = a.shape
+        OH, OW = (conv_output_size(s, self.k, self.stride, self.pad) for s in (H, Wd))
+        if shared(a, 3):
+            z = (cols @ W.transpose(1, 0, 2).reshape(self.fan_in, S * self.out_ch)).reshape(n, OH, OW, S, self.out_ch)
+            z = array_module(z).moveaxis(z, 3, 0)
+        else:
+            z = (cols @ W).reshape(S, n, OH, OW, self.out_ch)
+        z *= 1.0 / math.sqrt(self.fan_in)
+        return z, (cols, a.shape)
 
     def backward_input(self, params, cache, g):
-        """The transposed convolution: every output gradient is spread back onto the patch it came from.
-
-        One filter offset (i, j) at a time: W[:, :, i, j]^T g, added onto the strided slice of
-        the padded input that the offset touched (no (C k^2, n positions) buffer is formed).
-        """
+        """The transposed convolution: d cols = g W^T (one GEMM), each patch's gradient added back where it came from."""
         xp = array_module(g)
-        _, (C, n, H, W) = cache
+        _, (S, n, H, Wd, C) = cache
         k, s, pad = self.k, self.stride, self.pad
-        OH, OW = g.shape[2:]
-        g2 = g.reshape(self.out_ch, -1)
-        padded = xp.zeros((C, n, H + 2 * pad, W + 2 * pad), dtype=g.dtype)
+        OH, OW = g.shape[2:4]
+        dcols = (g.reshape(S, -1, self.out_ch) @ self.matrix(params[0]).transpose(0, 2, 1)).reshape(S, n, OH, OW, k, k, C)
+        padded = xp.zeros((S, n, H + 2 * pad, Wd + 2 * pad, C), dtype=g.dtype)
         for i in range(k):
             for j in range(k):
-                padded[:, :, i:i + s * OH:s, j:j + s * OW:s] += (params[0][:, :, i, j].T @ g2).reshape(C, n, OH, OW)
-        return padded[:, :, pad:pad + H, pad:pad + W] * (1.0 / math.sqrt(self.fan_in))
+                padded[:, :, i:i + s * OH:s, j:j + s * OW:s, :] += dcols[:, :, :, :, i, j, :]
+        return padded[:, :, pad:pad + H, pad:pad + Wd, :] * (1.0 / math.sqrt(self.fan_in))
 
     def backward_params(self, params, cache, g):
+        """dW[s] = patches(a[s])^T g[s] / sqrt(C k^2), back in the (out, in, k, k) layout."""
         cols, _ = cache
-        dW = (g.reshape(self.out_ch, -1) @ cols.T) * (1.0 / math.sqrt(self.fan_in))
-        return [dW.reshape(params[0].shape)]
+        S = len(g)
+        g = g.reshape(S, -1, self.out_ch)
+        if cols.ndim == 2:
+            dW = (cols.T @ g.transpose(1, 0, 2).reshape(len(cols), S * self.out_ch)).reshape(self.fan_in, S, self.out_ch)
+            dW = array_module(dW).moveaxis(dW, 1, 0)
+        else:
+            dW = cols.transpose(0, 2, 1) @ g
+        dW = dW.reshape(S, self.k, self.k, self.in_ch, self.out_ch).transpose(0, 4, 3, 1, 2)
+        return [dW * (1.0 / math.sqrt(self.fan_in))]
 
     def jacobian(self, params, cache, g):
-        """Per-sample df(x_n)/dW, shape (n, out_ch * in_ch * k * k): sum over positions of g x patch."""
-        xp = array_module(g)
-        cols, (C, n, H, W) = cache
-        g_n = g.reshape(self.out_ch, n, -1).transpose(1, 0, 2)  # (n, out, Q)
-        cols_n = cols.reshape(self.fan_in, n, -1).transpose(1, 2, 0)  # (n, Q, C k k)
-        return xp.matmul(g_n, cols_n).reshape(n, -1) * (1.0 / math.sqrt(self.fan_in))
+        """Per-sample df(x_n)/dW = sum over positions of g x patch, shape (S, n, out * in * k * k)."""
+        cols, (*_, n, _, _, _) = cache
+        S = len(g)
+        g_n = g.reshape(S, n, -1, self.out_ch).transpose(0, 1, 3, 2)  # (S, n, out, Q)
+        cols_n = cols.reshape(*cols.shape[:-2], n, -1, self.fan_in)  # ([S,] n, Q, k k C)
+        J = (g_n @ cols_n).reshape(S, n, self.out_ch, self.k, self.k, self.in_ch).transpose(0, 1, 2, 5, 3, 4)
+        return J.reshape(S, n, -1) * (1.0 / math.sqrt(self.fan_in))
 
     def ntk(self, params, cache1, g1, cache2, g2):
         """J1 J2^T with the layer's per-sample Jacobians, built from its patches."""
-        return self.jacobian(params, cache1, g1) @ self.jacobian(params, cache2, g2).T
+        return self.jacobian(params, cache1, g1) @ self.jacobian(params, cache2, g2).transpose(0, 2, 1)
 
 
-class GlobalAvgPool:
-    """(C, n, H, W) -> (n, C): the average of each channel over positions."""
-
-    n_params = 0
-
-    def init(self, rng):
-        return []
+class GlobalAvgPool(Layer):
+    """(S, n, H, W, C) -> (S, n, C): the average of each channel over positions."""
 
     def forward(self, params, a):
-        return a.mean(axis=(2, 3)).T, a.shape
+        return a.mean(axis=(2, 3)), a.shape
 
     def backward_input(self, params, shape, g):
-        C, n, H, W = shape
         xp = array_module(g)
-        return xp.broadcast_to((g.T / (H * W))[:, :, None, None], shape)
+        return xp.broadcast_to(g[:, :, None, None, :] / (shape[2] * shape[3]), shape)
 
 
 # ---------------------------------------------------------------------------
@@ -402,51 +474,79 @@ class GlobalAvgPool:
 # ---------------------------------------------------------------------------
 
 
+CHUNK = 2048  # samples per forward and backward pass: memory is bounded by it
+
+
 class Network:
     """A list of layers applied in order; its parameters are one flat list of arrays.
 
-    `params = net.init(seed)`, `f, cache = net.forward(params, x)` with f of shape
-    (n,), and `grads = net.backward(params, cache, g)`, the gradient of
+    `params = net.init(seed)` for one network, `net.init([seed_1, ..., seed_S])` for
+    an ensemble (every array gets a leading axis of S members). `f, cache =
+    net.forward(params, x)` gives f of shape (n,) for one network and (S, n) for an
+    ensemble, and `grads = net.backward(params, cache, g)` the gradient of
     sum_i g_i f(x_i) with respect to every parameter, shaped like params.
     """
 
-    def __init__(self, layers, name, check_input):
-        self.layers = layers
-        self.name = name
-        self.check_input = check_input
+    def __init__(self, layers, name, check_input, sample_ndim):
+        self.layers, self.name = layers, name
+        self.check_input, self.sample_ndim = check_input, sample_ndim
         offsets = np.cumsum([0] + [layer.n_params for layer in layers])
         self.slices = [slice(a, b) for a, b in zip(offsets[:-1], offsets[1:])]
         self.first_trained = next(i for i, layer in enumerate(layers) if layer.n_params)
+        self.member_ndim = len(layers[self.first_trained].shapes()[0])
 
     def __repr__(self):
         return self.name
 
-    def init(self, seed, device="cpu", dtype="float64"):
-        """Weights i.i.d. N(0, 1) from `seed` (drawn on the host, so CPU and GPU agree), biases 0."""
+    def init(self, seeds, device="cpu", dtype="float64"):
+        """Weights i.i.d. N(0, 1) from each seed (drawn on the host, so CPU and GPU agree), biases 0.
+
+        seeds: an int for one network, or a list of S ints for an ensemble whose
+        member s equals init(seeds[s]) exactly.
+        """
         xp, dtype = backend(device), check_dtype(dtype)
-        rng = np.random.default_rng(seed)
-        return [xp.asarray(w, dtype=dtype) for layer in self.layers for w in layer.init(rng)]
+        if isinstance(seeds, numbers.Integral):
+            return [xp.asarray(w, dtype=dtype) for w in self.draw(seeds)]
+        seeds = list(seeds)
+        if not seeds:
+            raise ValueError("an empty ensemble: give at least one seed")
+        members = [self.draw(seed) for seed in seeds]
+        return [xp.asarray(np.stack(arrays), dtype=dtype) for arrays in zip(*members)]
+
+    def draw(self, seed):
+        """One member's weights, on the host, from its seed."""
+        rng = np.random.default_rng(check_int("seed", seed, 0))
+        return [w for layer in self.layers for w in layer.init(rng)]
+
+    def members(self, params):
+        """(params with the member axis, whether they were one network): one network becomes S = 1."""
+        single = params[0].ndim == self.member_ndim
+        return ([w[None] for w in params] if single else list(params)), single
 
     def forward(self, params, x):
-        """f(w, x) of shape (n,), and the cache (each layer's own) that backward needs."""
-        self.check_input(x)
-        cache = []
-        a = x
+        """f(w, x) and the cache (each layer's own) that backward needs.
+
+        x of shape (n, ...) is shared by all members; (S, n, ...) gives each member its own samples.
+        """
+        self.check_input(x[0] if x.ndim == self.sample_ndim + 2 else x)
+        params, single = self.members(params)
+        cache, a = [], x
         for layer, sl in zip(self.layers, self.slices):
             a, c = layer.forward(params[sl], a)
             cache.append(c)
-        return a, cache
+        return (a[0] if single else a), cache
 
-    def predict(self, params, x, chunk=2048):
+    def predict(self, params, x, chunk=CHUNK):
         """f(w, x) by chunks of samples, keeping no cache (for evaluation)."""
         xp = array_module(params[0])
-        return xp.concatenate([self.forward(params, x[i:i + chunk])[0] for i in range(0, len(x), chunk)])
+        return xp.concatenate([self.forward(params, x[i:i + chunk])[0] for i in range(0, len(x), chunk)], axis=-1)
 
     def signals(self, params, cache, g):
         """Yield (i, layer i, its params, its cache, g_out) from the readout down to the first trained layer.
 
-        g_out is the gradient of sum_i g_i f(x_i) with respect to the layer's output;
-        with g = 1 it is the per-sample backward signal df(x_i)/d(out_i).
+        params have the member axis; g_out is the gradient of sum_i g_i f(x_i) with
+        respect to the layer's output; with g = 1 it is the per-sample backward signal
+        df(x_i)/d(out_i).
         """
         for i in range(len(self.layers) - 1, self.first_trained - 1, -1):
             layer, p = self.layers[i], params[self.slices[i]]
@@ -456,17 +556,42 @@ class Network:
 
     def backward(self, params, cache, g):
         """The vector-Jacobian product: d(sum_i g_i f(w, x_i))/dw, a list shaped like params."""
+        params, single = self.members(params)
         grads = [None] * len(params)
-        for i, layer, p, c, g_out in self.signals(params, cache, g):
+        for i, layer, p, c, g_out in self.signals(params, cache, g[None] if single else g):
             if layer.n_params:
                 grads[self.slices[i]] = layer.backward_params(p, c, g_out)
-        return grads
+        return [w[0] for w in grads] if single else grads
+
+    def bytes_per_member(self, params, x, n):
+        """About the memory one member needs to train on n samples at a time, in bytes.
+
+        Its forward cache, measured on one sample, times n and twice over (the backward
+        pass's temporaries), plus ten copies of its weights (the state, a trial step,
+        their gradients, w0, and the momentum or Adam's moments).
+        """
+        member = [w[:1] for w in self.members(params)[0]]
+        _, cache = self.forward(member, x[:1])
+        return 2 * n * nbytes(cache) + 10 * nbytes(member)
 
 
-def check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def nbytes(value):
+    """The bytes of the arrays in `value` (an array, or lists and tuples of them)."""
+    if isinstance(value, (list, tuple)):
+        return sum(nbytes(v) for v in value)
+    return getattr(value, "nbytes", 0)
+
+
+def available_memory(xp):
+    """The bytes free for arrays: CuPy's free device memory, or the host's MemAvailable (Linux)."""
+    if xp is not np:
+        return xp.cuda.runtime.memGetInfo()[0] + xp.get_default_memory_pool().free_bytes()
+    try:
+        with open("/proc/meminfo") as file:
+            fields = dict(line.split(":", 1) for line in file)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return math.inf
 
 
 def FC(d, h, L, act="softplus", bias=0.0):
@@ -485,7 +610,7 @@ def FC(d, h, L, act="softplus", bias=0.0):
             raise ValueError(f"FC(d={d}) expects inputs of shape (n, {d}), got {tuple(x.shape)}; "
                              "flatten images with x.reshape(len(x), -1)")
 
-    return Network(layers, f"FC(d={d}, h={h}, L={L}, act={act!r}, bias={bias})", check_input)
+    return Network(layers, f"FC(d={d}, h={h}, L={L}, act={act!r}, bias={bias})", check_input, 1)
 
 
 CNN_STRIDES = (2, 1, 2, 1)  # 2 blocks x 2 conv layers; stride 2 opens each block
@@ -502,7 +627,7 @@ def CNN(in_channels, h, act="softplus"):
     """The paper's CNN: 4 conv layers (5x5, padding 1, strides 2, 1, 2, 1) of h channels,
     an activation after each, a global average over positions, then f = W . a / sqrt(h)."""
     in_channels, h = check_int("in_channels", in_channels), check_int("h", h)
-    layers = [ChannelsFirst()]
+    layers = [ChannelsLast()]
     channels = in_channels
     for stride in CNN_STRIDES:
         layers += [Conv(channels, h, stride), Activation(act)]
@@ -518,7 +643,7 @@ def CNN(in_channels, h, act="softplus"):
             raise ValueError(f"images of {x.shape[2]}x{x.shape[3]} are too small for the CNN's four 5x5 layers; "
                              f"they need at least {smallest}x{smallest} pixels")
 
-    return Network(layers, f"CNN(in_channels={in_channels}, h={h}, act={act!r})", check_input)
+    return Network(layers, f"CNN(in_channels={in_channels}, h={h}, act={act!r})", check_input, 3)
 
 
 # ---------------------------------------------------------------------------
@@ -545,10 +670,22 @@ def check_loss(name):
 
 
 def check_alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating)) \
-            or not math.isfinite(alpha) or alpha <= 0:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
     return float(alpha)
+
+
+def check_alphas(alpha, S):
+    """One alpha per member, as a host array (S,): a number is shared by all S members."""
+    if isinstance(alpha, numbers.Real):
+        return np.full(S, check_alpha(alpha))
+    alphas = [check_alpha(a) for a in alpha]
+    if not alphas:
+        raise ValueError("an empty ensemble: alpha is an empty sequence; give one alpha per network")
+    if len(alphas) != S:
+        raise ValueError(f"seeds and alphas of different lengths: {S} networks (seeds) but {len(alphas)} values "
+                         "of alpha; give one alpha per network, or one number for all")
+    return np.array(alphas)
 
 
 def check_labels(y, n, what="y"):
@@ -560,10 +697,10 @@ def check_labels(y, n, what="y"):
 
 @dataclass
 class Point:
-    """What the integrator needs of the system at one state.
+    """What the integrator needs of the system at one state, one row per member.
 
-    F: the alpha-scaled predictor on the training points; margins: y F;
-    loss: L (its 1/alpha^2 included); grad: dL/dstate, a list shaped like the state.
+    F: the alpha-scaled predictor on the training points (S, p); margins: y F;
+    loss: L (its 1/alpha^2 included), shape (S,); grad: dL/dstate, a list shaped like the state.
     """
 
     F: object
@@ -571,80 +708,115 @@ class Point:
     loss: object
     grad: list = None
 
+    def take(self, idx):
+        """The point of the members idx (an index array, or an int for one member without the member axis)."""
+        return Point(self.F[idx], self.margins[idx], self.loss[idx],
+                     None if self.grad is None else [g[idx] for g in self.grad])
+
 
 def fit_stats(margins, loss_fn):
-    """alpha^2 L = mean l(y F), the error (fraction y F <= 0) and how many points have y F < 1."""
+    """Per member: alpha^2 L = mean l(y F), the error (fraction y F <= 0), how many points have y F < 1."""
     xp = array_module(margins)
-    return {"loss": xp.mean(loss_fn(margins, xp)), "err": xp.mean(margins <= 0),
-            "unfitted": xp.sum(margins < 1)}
+    return {"loss": xp.mean(loss_fn(margins, xp), axis=-1), "err": xp.mean(margins <= 0, axis=-1),
+            "unfitted": xp.sum(margins < 1, axis=-1)}
 
 
 def fit_record(point, loss_fn, test_margins=None):
-    """What a checkpoint records of the fit (device scalars): train fit, |F| (RMS), and the test fit."""
+    """What a checkpoint records of the fit, per member: train fit, |F| (RMS), and the test fit."""
     xp = array_module(point.F)
     record = fit_stats(point.margins, loss_fn)
-    record["F_rms"] = xp.sqrt(xp.mean(point.F**2))
+    record["F_rms"] = xp.sqrt(xp.mean(point.F**2, axis=-1))
     if test_margins is not None:
         test = fit_stats(test_margins, loss_fn)
         record.update({"test_loss": test["loss"], "test_err": test["err"]})
     return record
 
 
+def sample_chunks(n, chunk):
+    return [slice(i, i + chunk) for i in range(0, n, chunk)]
+
+
 class Objective:
     """L(w) = 1 / (alpha^2 p) sum_mu l(y_mu F(w, x_mu)) with F(w, x) = alpha [f(w, x) - f(w0, x)].
 
     Its gradient is dL/dw = 1 / (alpha p) sum_mu l'(y_mu F_mu) y_mu df(x_mu)/dw: one
-    backward pass with g_mu = l'(y_mu F_mu) y_mu / (alpha p). Samples are taken
-    by chunks so that memory stays bounded.
+    backward pass with g_mu = l'(y_mu F_mu) y_mu / (alpha p). For an ensemble every
+    member has its own w0 and alpha, and everything is computed for all members at
+    once. Samples are taken by chunks so that memory stays bounded.
     """
 
     def __init__(self, net, params0, x, y, alpha, x_test=None, y_test=None,
-                 loss="softhinge", subtract_f0=True, chunk=2048):
-        self.net, self.params0, self.alpha = net, params0, check_alpha(alpha)
+                 loss="softhinge", subtract_f0=True, chunk=CHUNK):
+        self.net = net
+        self.params0, self.single = net.members(params0)
         self.l, self.dl = check_loss(loss)
         self.chunk = check_int("chunk", chunk)
         xp, dtype = array_module(params0[0]), params0[0].dtype
+        S = len(self.params0[0])
+        self.alpha = xp.asarray(check_alphas(alpha, S), dtype=dtype)[:, None]
         self.x, self.y = xp.asarray(x, dtype=dtype), xp.asarray(y, dtype=dtype)
         net.check_input(self.x)
         check_labels(self.y, len(self.x))
-        self.f0 = net.predict(params0, self.x, self.chunk) if subtract_f0 else xp.zeros_like(self.y)
+        self.f0 = self.initial(self.x, subtract_f0)
         self.x_test = self.y_test = None
         if x_test is not None:
             self.x_test, self.y_test = xp.asarray(x_test, dtype=dtype), xp.asarray(y_test, dtype=dtype)
             net.check_input(self.x_test)
             check_labels(self.y_test, len(self.x_test), "y_test")
-            self.f0_test = (net.predict(params0, self.x_test, self.chunk) if subtract_f0
-                            else xp.zeros_like(self.y_test))
+            self.f0_test = self.initial(self.x_test, subtract_f0)
+
+    def initial(self, x, subtract_f0):
+        """f(w0, x) of every member, (S, n), or zeros when f(w0) is kept in F (the appendix's alpha f)."""
+        if subtract_f0:
+            return self.net.predict(self.params0, x, self.chunk)
+        return array_module(x).zeros((len(self.params0[0]), len(x)), dtype=x.dtype)
+
+    def take(self, idx):
+        """The objective of the members idx (an index array) only."""
+        part = Objective.__new__(Objective)
+        part.__dict__.update(self.__dict__)
+        part.params0 = [w[idx] for w in self.params0]
+        part.alpha, part.f0 = self.alpha[idx], self.f0[idx]
+        if self.x_test is not None:
+            part.f0_test = self.f0_test[idx]
+        return part
 
     def evaluate(self, params, idx=None, need_grad=True):
-        """F, y F, L and (if asked) dL/dw on the training set, or on its subset `idx` (a mini-batch)."""
+        """F, y F, L and (if asked) dL/dw on the training set, or on the mini-batches idx (S, batch), one per member."""
+        params, single = self.net.members(params)
         xp = array_module(params[0])
-        x, y, f0 = (self.x, self.y, self.f0) if idx is None else (self.x[idx], self.y[idx], self.f0[idx])
-        n = len(y)
+        if idx is None:
+            x, y, f0 = self.x, self.y[None, :], self.f0
+        else:
+            x, y, f0 = self.x[idx], self.y[idx], xp.take_along_axis(self.f0, idx, axis=1)
+        n = y.shape[1]
         F_parts, grad = [], None
-        for i in range(0, n, self.chunk):
-            f, cache = self.net.forward(params, x[i:i + self.chunk])
-            F = self.alpha * (f - f0[i:i + self.chunk])
+        for part in sample_chunks(n, self.chunk):
+            f, cache = self.net.forward(params, x[part] if idx is None else x[:, part])
+            F = self.alpha * (f - f0[:, part])
             F_parts.append(F)
             if need_grad:
-                y_c = y[i:i + self.chunk]
+                y_c = y[:, part]
                 g = self.dl(y_c * F, xp) * y_c * (1.0 / (self.alpha * n))
                 g_chunk = self.net.backward(params, cache, g)
                 grad = g_chunk if grad is None else [a + b for a, b in zip(grad, g_chunk)]
-        F = xp.concatenate(F_parts) if len(F_parts) > 1 else F_parts[0]
+        F = xp.concatenate(F_parts, axis=1) if len(F_parts) > 1 else F_parts[0]
         margins = y * F
-        return Point(F, margins, xp.mean(self.l(margins, xp)) / self.alpha**2, grad)
+        point = Point(F, margins, xp.mean(self.l(margins, xp), axis=1) / self.alpha[:, 0] ** 2, grad)
+        return point.take(0) if single else point
 
-    def F_test(self, params):
-        """The test predictor alpha [f(w, x_test) - f(w0, x_test)]."""
+    def test_predictor(self, params):
+        """The test predictor alpha [f(w, x_test) - f(w0, x_test)] of every member (S, n_test), or None."""
+        if self.x_test is None:
+            return None
         return self.alpha * (self.net.predict(params, self.x_test, self.chunk) - self.f0_test)
 
     def observe(self, params, point):
-        """The records of one checkpoint (device scalars): train fit, |F|, test fit, and |w - w0|."""
+        """The records of one checkpoint, one device value per member: train fit, |F|, test fit, |w - w0|."""
         xp = array_module(params[0])
-        test_margins = None if self.x_test is None else self.y_test * self.F_test(params)
-        record = fit_record(point, self.l, test_margins)
-        record["w_dist"] = xp.sqrt(sum(xp.sum((w - w0) ** 2) for w, w0 in zip(params, self.params0)))
+        F_test = self.test_predictor(params)
+        record = fit_record(point, self.l, None if F_test is None else self.y_test * F_test)
+        record["w_dist"] = xp.sqrt(sum(member_sum((w - w0) ** 2) for w, w0 in zip(params, self.params0)))
         return record
 
 
@@ -657,12 +829,14 @@ STATUSES = ("fitted", "time", "wall", "steps", "diverged")
 
 @dataclass
 class Run:
-    """The outcome of a training run: why it stopped, where it ended, and its records.
+    """The outcome of one training run: why it stopped, where it ended, and its records.
 
     status: "fitted" (every y F >= 1), "time", "wall", "steps" (a limit reached) or
-    "diverged" (the output became non-finite). records: one dict per checkpoint
-    with host floats (t, dt, step, rejected, wall, loss = alpha^2 L, err,
-    unfitted, F_rms, and w_dist, test_err, test_loss where they apply).
+    "diverged" (the output became non-finite). state: the parameters of a network
+    (also `params`), or the predictor of a kernel run. records: one dict per
+    checkpoint with host floats (t, dt, step, rejected, wall, loss = alpha^2 L, err,
+    unfitted, F_rms, and w_dist, test_err, test_loss where they apply). F_test and
+    test_error: the test predictor and its error, given test data.
     """
 
     status: str
@@ -674,9 +848,13 @@ class Run:
     t: float
     dt: float
     wall_s: float
-    params: list = None
     F_test: object = None
     test_error: float = None
+
+    @property
+    def params(self):
+        """The parameters of a network run at its end."""
+        return self.state
 
     @property
     def F(self):
@@ -719,131 +897,202 @@ class Limits:
 
 
 def output_status(point):
-    """"diverged" if the output is non-finite, "fitted" if every margin y F >= 1, else None."""
+    """Per member: "diverged" if its output is non-finite, "fitted" if every margin y F >= 1, else None."""
     xp = array_module(point.F)
-    min_margin, F_max = to_host(xp.min(point.margins), xp.max(xp.abs(point.F)))
-    if not math.isfinite(F_max):
-        return "diverged"
-    return "fitted" if min_margin >= 1 else None
+    min_margin, F_max = to_host(xp.min(point.margins, axis=1), xp.max(xp.abs(point.F), axis=1))
+    return ["diverged" if not math.isfinite(f) else "fitted" if m >= 1 else None for m, f in zip(min_margin, F_max)]
 
 
 class Recorder:
-    """Records at log-spaced steps (0, 1, 2, ..., then `per_decade` per decade) and at the end."""
+    """One member's records: at steps 0, 1, 2, ..., then `per_decade` per decade, and at the end."""
 
-    def __init__(self, system, limits, per_decade=10, callback=None):
-        self.system, self.limits, self.callback = system, limits, callback
+    def __init__(self, per_decade=10):
         self.growth = 10 ** (1 / check_int("checkpoints", per_decade))
         self.next_step, self.records = 0, []
 
     def due(self, step):
         return step >= self.next_step
 
-    def record(self, state, point, t, dt, step, rejected):
-        """Append one record (one transfer of scalars to the host) and schedule the next."""
-        observed = self.system.observe(state, point)
-        values = to_host(*observed.values())
-        record = {"t": t, "dt": dt, "step": step, "rejected": rejected, "wall": self.limits.wall(),
-                  **dict(zip(observed, values))}
-        if self.callback is not None:
-            record.update(self.callback(state, record) or {})
+    def add(self, record):
         self.records.append(record)
-        self.next_step = max(step + 1, math.ceil(step * self.growth))
+        self.next_step = max(record["step"] + 1, math.ceil(record["step"] * self.growth))
 
-    def finish(self, state, point, t, dt, step, rejected):
-        """Record the final state unless the last checkpoint already is it."""
-        if self.records[-1]["step"] != step:
-            self.record(state, point, t, dt, step, rejected)
+
+def choose(mask, new, old):
+    """Per member, the new array where mask is true and the old one elsewhere."""
+    xp = array_module(old[0])
+    return [xp.where(per_member(mask, o), n, o) for n, o in zip(new, old)]
+
+
+class Ensemble:
+    """The members of a run that are still going, and what each member leaves behind.
+
+    It holds the system, the state, the current point and the `carried` arrays
+    (momentum, Adam's moments) of the running members only: a member that stops
+    is dropped from all of them and costs nothing from then on. Each running
+    member has its own clock on the host (t, dt, accepted and rejected steps),
+    its own records and, once stopped, its own Run.
+    """
+
+    def __init__(self, system, state, point, limits, checkpoints, callback, carried=()):
+        S = len(state[0])
+        self.system, self.state, self.point, self.carried = system, list(state), point, list(carried)
+        self.limits = limits
+        self.ids = np.arange(S)
+        self.t, self.dt = np.zeros(S), np.zeros(S)
+        self.steps, self.rejected, self.streak = (np.zeros(S, dtype=int) for _ in range(3))
+        self.recorders = [Recorder(checkpoints) for _ in range(S)]
+        self.callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback] * S
+        if len(self.callbacks) != S:
+            raise ValueError(f"give one callback per network: {S} networks but {len(self.callbacks)} callbacks")
+        self.runs = [None] * S
+
+    def __len__(self):
+        return len(self.ids)
+
+    def subset(self, pos):
+        """(system, state, point) of the running members at positions pos."""
+        if len(pos) == len(self.ids):
+            return self.system, self.state, self.point
+        idx = array_module(self.state[0]).asarray(pos, dtype=np.int64)
+        return self.system.take(idx), [w[idx] for w in self.state], self.point.take(idx)
+
+    def record(self, pos):
+        """Add a record for the members at positions pos: one observation, one transfer to the host."""
+        if not len(pos):
+            return
+        system, state, point = self.subset(pos)
+        observed = system.observe(state, point)
+        values = dict(zip(observed, to_host(*observed.values())))
+        for k, i in enumerate(pos):
+            record = {"t": float(self.t[i]), "dt": float(self.dt[i]), "step": int(self.steps[i]),
+                      "rejected": int(self.rejected[i]), "wall": self.limits.wall(),
+                      **{name: float(v[k]) for name, v in values.items()}}
+            callback = self.callbacks[self.ids[i]]
+            if callback is not None:
+                record.update(callback([w[k] for w in state], record) or {})
+            self.recorders[self.ids[i]].add(record)
+
+    def record_due(self, pos):
+        """Record those of the members at positions pos whose checkpoint is due."""
+        self.record([i for i in pos if self.recorders[self.ids[i]].due(self.steps[i])])
+
+    def stop(self, statuses):
+        """Finish the members whose status is not None (a final record, their Run) and drop them."""
+        pos = [i for i, status in enumerate(statuses) if status]
+        if not pos:
+            return
+        self.record([i for i in pos if self.recorders[self.ids[i]].records[-1]["step"] != self.steps[i]])
+        system, state, point = self.subset(pos)
+        F_test = system.test_predictor(state)
+        for k, i in enumerate(pos):
+            records = self.recorders[self.ids[i]].records
+            self.runs[self.ids[i]] = Run(
+                statuses[i], [w[k] for w in state], point.take(k), records, int(self.steps[i]),
+                int(self.rejected[i]), float(self.t[i]), float(self.dt[i]), self.limits.wall(),
+                None if F_test is None else F_test[k], records[-1].get("test_err"))
+        self.keep([i for i, status in enumerate(statuses) if not status])
+
+    def keep(self, pos):
+        """Keep only the running members at positions pos."""
+        if not pos:
+            self.ids = self.ids[:0]
+            return
+        idx = array_module(self.state[0]).asarray(pos, dtype=np.int64)
+        self.system, self.state, self.point = self.subset(pos)
+        self.carried = [[w[idx] for w in arrays] for arrays in self.carried]
+        for name in ("ids", "t", "dt", "steps", "rejected", "streak"):
+            setattr(self, name, getattr(self, name)[pos])
+
+    def accept(self, ok, state, point, carried):
+        """Take the trial state, point and carried arrays of the members where ok; keep the others' (rejected)."""
+        if ok.all():
+            self.state, self.point, self.carried = state, point, carried
+        elif ok.any():
+            mask = array_module(self.state[0]).asarray(ok)
+            self.state = choose(mask, state, self.state)
+            F, margins, loss, *grad = choose(mask, [point.F, point.margins, point.loss, *point.grad],
+                                             [self.point.F, self.point.margins, self.point.loss, *self.point.grad])
+            self.point = Point(F, margins, loss, grad)
+            self.carried = [choose(mask, new, old) for new, old in zip(carried, self.carried)]
 
 
 def euler_step(state, velocity, grad, dt, tau):
-    """One explicit Euler step of dw/dt = -grad L, or with momentum of time constant tau:
-    dv/dt = -(v + grad L) / tau, dw/dt = v (v updated first). New arrays: the old state is untouched."""
+    """One step of size dt (one per member) of dw/dt = -grad L, or with momentum of time constant tau,
+    dv/dt = -(v + grad L) / tau and dw/dt = v, the velocity integrated exactly over the step (grad L
+    held fixed): v <- e v - (1 - e) grad L with e = exp(-dt / tau), then w <- w + dt v.
+    New arrays: the old state is untouched."""
     if tau == 0:
-        return [w - dt * g for w, g in zip(state, grad)], None
-    velocity = [v - (dt / tau) * (v + g) for v, g in zip(velocity, grad)]
-    return [w + dt * v for w, v in zip(state, velocity)], velocity
+        return [w - per_member(dt, w) * g for w, g in zip(state, grad)], None
+    decay = array_module(dt).exp(-dt / tau)
+    velocity = [per_member(decay, v) * v - per_member(1 - decay, v) * g for v, g in zip(velocity, grad)]
+    return [w + per_member(dt, w) * v for w, v in zip(state, velocity)], velocity
 
 
 def step_change(old, new):
-    """dout = max_mu |F_new - F_old| and dgrad = |g_new - g_old|^2 / (|g_old| |g_new|), as device scalars."""
+    """Per member: dout = max_mu |F_new - F_old| and dgrad = |g_new - g_old|^2 / (|g_old| |g_new|)."""
     xp = array_module(old.F)
-    dout = xp.max(xp.abs(new.F - old.F))
-    diff2 = sum(xp.sum((a - b) ** 2) for a, b in zip(new.grad, old.grad))
-    norm_old = xp.sqrt(sum(xp.sum(a**2) for a in old.grad))
-    norm_new = xp.sqrt(sum(xp.sum(b**2) for b in new.grad))
+    dout = xp.max(xp.abs(new.F - old.F), axis=1)
+    diff2 = sum(member_sum((a - b) ** 2) for a, b in zip(new.grad, old.grad))
+    norm_old = xp.sqrt(sum(member_sum(a**2) for a in old.grad))
+    norm_new = xp.sqrt(sum(member_sum(b**2) for b in new.grad))
     return dout, diff2 / (norm_old * norm_new)
 
 
 def gradient_flow(system, state, *, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.0, max_time=math.inf,
                   max_wall=math.inf, max_steps=None, checkpoints=10, callback=None, max_rejections=40):
-    """Integrate dstate/dt = -grad with the paper's adaptive explicit Euler rule.
+    """Integrate dstate/dt = -grad with the paper's adaptive explicit Euler rule, for S members at once.
 
-    From the current state take a trial step of size dt, then measure dout and
-    dgrad (see `step_change`). Accept if dgrad < max_dgrad and dout < max_dout,
-    and if both are below half of their bound, dt *= 1.1. Otherwise reject (keep
-    the old state), dt /= 10 and retry. t is the sum of accepted dt; the last step
-    is shortened to land exactly on max_time.
+    From the current state each member takes a trial step of its own size dt, then
+    measures dout and dgrad (see `step_change`). It accepts if dgrad < max_dgrad and
+    dout < max_dout, and if both are below half of their bound, dt *= 1.1. Otherwise
+    it rejects (keeps its old state), dt /= 10 and retries. Its t is the sum of its
+    accepted dt; its last step is shortened to land exactly on max_time.
 
-    `system` gives `evaluate(state) -> Point` and `observe(state, point) -> dict`.
-    The run stops when every margin y F >= 1 ("fitted"), at a limit ("time",
-    "wall", "steps"), or "diverged" when the output is non-finite or
-    max_rejections trials in a row fail (dt has shrunk 10^max_rejections-fold).
+    `state` is a list of arrays with a leading member axis (S, ...). `system` gives
+    `evaluate(state) -> Point`, `observe(state, point) -> dict` of per-member values,
+    `test_predictor(state)` (or None) and `take(idx)`, the system of members idx.
+    A member stops when every margin y F >= 1 ("fitted"), at a limit ("time",
+    "wall", "steps"), or "diverged" when its output is non-finite or max_rejections
+    trials in a row fail (dt has shrunk 10^max_rejections-fold); it is then dropped
+    from the computation. Returns one Run per member.
     """
     if not (max_dgrad > 0 and max_dout > 0 and dt > 0 and tau >= 0):
         raise ValueError(f"need max_dgrad > 0, max_dout > 0, dt > 0 and tau >= 0; "
                          f"got {max_dgrad}, {max_dout}, {dt}, {tau}")
     limits = Limits(max_time, max_wall, max_steps)
-    recorder = Recorder(system, limits, checkpoints, callback)
     xp = array_module(state[0])
-    velocity = [xp.zeros_like(w) for w in state] if tau > 0 else None
-    point = system.evaluate(state)
-    t, accepted, rejected, streak = 0.0, 0, 0, 0
-    status = output_status(point)
-    recorder.record(state, point, t, dt, 0, 0)
-    while status is None:
-        status = limits.reached(t, accepted)
-        if status:
+    carried = [[xp.zeros_like(w) for w in state]] if tau > 0 else []
+    run = Ensemble(system, state, system.evaluate(state), limits, checkpoints, callback, carried)
+    run.dt[:] = dt
+    run.record(range(len(run)))
+    run.stop(output_status(run.point))
+    while len(run):
+        run.stop([limits.reached(t, steps) for t, steps in zip(run.t, run.steps)])
+        if not len(run):
             break
-        h = min(dt, max_time - t)
-        trial_state, trial_velocity = euler_step(state, velocity, point.grad, h, tau)
-        trial = system.evaluate(trial_state)
-        dout, dgrad, trial_min_margin = to_host(*step_change(point, trial), xp.min(trial.margins))
-        if dgrad < max_dgrad and dout < max_dout:
-            state, velocity, point = trial_state, trial_velocity, trial
-            status = "fitted" if trial_min_margin >= 1 else None
-            t = max_time if h < dt else t + h
-            accepted += 1
-            streak = 0
-            if h == dt and dgrad < max_dgrad / 2 and dout < max_dout / 2:
-                dt *= 1.1
-            if recorder.due(accepted):
-                recorder.record(state, point, t, dt, accepted, rejected)
-        else:
-            rejected += 1
-            streak += 1
-            dt = h / 10
-            if streak >= max_rejections:
-                status = "diverged"
-    recorder.finish(state, point, t, dt, accepted, rejected)
-    return Run(status, state, point, recorder.records, accepted, rejected, t, dt, limits.wall())
+        h = np.minimum(run.dt, max_time - run.t)
+        trial_state, velocity = euler_step(run.state, run.carried[0] if tau > 0 else None, run.point.grad,
+                                           xp.asarray(h, dtype=state[0].dtype), tau)
+        trial = run.system.evaluate(trial_state)
+        dout, dgrad, min_margin = to_host(*step_change(run.point, trial), xp.min(trial.margins, axis=1))
+        ok = (dgrad < max_dgrad) & (dout < max_dout)
+        run.accept(ok, trial_state, trial, [velocity] if tau > 0 else [])
+        clipped = h < run.dt
+        grow = ok & ~clipped & (dgrad < max_dgrad / 2) & (dout < max_dout / 2)
+        run.t = np.where(ok, np.where(clipped, max_time, run.t + h), run.t)
+        run.dt = np.where(ok, np.where(grow, run.dt * 1.1, run.dt), h / 10)
+        run.steps, run.rejected = run.steps + ok, run.rejected + ~ok
+        run.streak = np.where(ok, 0, run.streak + 1)
+        run.record_due(np.flatnonzero(ok))
+        run.stop(["fitted" if accepted and margin >= 1 else "diverged" if streak >= max_rejections else None
+                  for accepted, margin, streak in zip(ok, min_margin, run.streak)])
+    return run.runs
 
 
 # ---------------------------------------------------------------------------
 # 7. Training a network
 # ---------------------------------------------------------------------------
-
-
-class _NetworkSystem:
-    """The objective seen by the integrator: the state is the list of parameters."""
-
-    def __init__(self, objective):
-        self.objective = objective
-
-    def evaluate(self, params):
-        return self.objective.evaluate(params)
-
-    def observe(self, params, point):
-        return self.objective.observe(params, point)
 
 
 def minibatches(p, batch_size, rng):
@@ -856,71 +1105,97 @@ def minibatches(p, batch_size, rng):
 
 def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf, max_wall=math.inf,
          max_steps=None, checkpoints=10, callback=None, betas=(0.9, 0.999), eps=1e-8):
-    """Adam on mini-batches of the same alpha-scaled loss (as the paper trained its CNNs).
+    """Adam on mini-batches of the same alpha-scaled loss (as the paper trained its CNNs), S members at once.
 
     m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, w <- w - lr m_hat / (sqrt(v_hat) + eps),
-    with bias-corrected m_hat, v_hat. The time t is lr x steps. At the end of every
-    epoch and at checkpoints the whole training set is evaluated: the run stops
-    when it is fitted, or as "diverged" when the output is non-finite.
+    with bias-corrected m_hat, v_hat. Each member draws its mini-batches from its own
+    seed (`seed`: one int for all, or one per member). The time t is lr x steps. At
+    the end of every epoch and at checkpoints the whole training set is evaluated: a
+    member stops when it is fitted, or as "diverged" when its output is non-finite.
+    Returns one Run per member.
     """
     batch_size = check_int("batch_size", batch_size)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    S = len(params[0])
+    seeds = [seed] * S if isinstance(seed, numbers.Integral) else list(seed)
+    if len(seeds) != S:
+        raise ValueError(f"give one seed per network: {S} networks but {len(seeds)} seeds")
     limits = Limits(max_time, max_wall, max_steps)
-    recorder = Recorder(_NetworkSystem(objective), limits, checkpoints, callback)
     xp = array_module(params[0])
-    m = [xp.zeros_like(w) for w in params]
-    v = [xp.zeros_like(w) for w in params]
+    zeros = [[xp.zeros_like(w) for w in params] for _ in range(2)]
+    run = Ensemble(objective, params, objective.evaluate(params, need_grad=False), limits, checkpoints, callback,
+                   zeros)
+    batches = [minibatches(len(objective.y), batch_size, np.random.default_rng(s)) for s in seeds]
+    run.dt[:] = lr
+    run.record(range(S))
+    run.stop(output_status(run.point))
     step = 0
-    point = objective.evaluate(params, need_grad=False)
-    status = output_status(point)
-    recorder.record(params, point, 0.0, lr, 0, 0)
-    for batch, last_of_epoch in minibatches(len(objective.y), batch_size, np.random.default_rng(seed)):
-        status = status or limits.reached(lr * step, step)
-        if status:
+    while len(run):
+        run.stop([limits.reached(lr * step, step)] * len(run))
+        if not len(run):
             break
+        drawn = [next(batches[i]) for i in run.ids]
         step += 1
-        grad = objective.evaluate(params, idx=xp.asarray(batch)).grad
-        m = [betas[0] * a + (1 - betas[0]) * g for a, g in zip(m, grad)]
-        v = [betas[1] * a + (1 - betas[1]) * g**2 for a, g in zip(v, grad)]
+        grad = run.system.evaluate(run.state, idx=xp.asarray(np.stack([b for b, _ in drawn]))).grad
+        m = [betas[0] * a + (1 - betas[0]) * g for a, g in zip(run.carried[0], grad)]
+        v = [betas[1] * a + (1 - betas[1]) * g**2 for a, g in zip(run.carried[1], grad)]
         c1, c2 = 1 - betas[0] ** step, 1 - betas[1] ** step
-        params = [w - lr * (a / c1) / (xp.sqrt(b / c2) + eps) for w, a, b in zip(params, m, v)]
-        if last_of_epoch or recorder.due(step) or limits.reached(lr * step, step):
-            point = objective.evaluate(params, need_grad=False)
-            status = output_status(point)
-            if recorder.due(step):
-                recorder.record(params, point, lr * step, lr, step, 0)
-    recorder.finish(params, point, lr * step, lr, step, 0)
-    return Run(status, params, point, recorder.records, step, 0, lr * step, lr, limits.wall())
+        run.state = [w - lr * (a / c1) / (xp.sqrt(b / c2) + eps) for w, a, b in zip(run.state, m, v)]
+        run.carried = [m, v]
+        run.steps[:], run.t[:] = step, lr * step
+        due = run.recorders[run.ids[0]].due(step)
+        if drawn[0][1] or due or limits.reached(lr * step, step):
+            run.point = run.system.evaluate(run.state, need_grad=False)
+            statuses = output_status(run.point)
+            if due:
+                run.record(range(len(run)))
+            run.stop(statuses)
+    return run.runs
+
+
+def check_memory(net, params, x, n):
+    """Fail clearly, before any work, when an ensemble would not fit in the free memory."""
+    S = len(params[0])
+    each = net.bytes_per_member(params, x, n)
+    free = available_memory(array_module(params[0]))
+    if S * each > free:
+        raise ValueError(f"an ensemble of {S} networks {net} needs about {S * each / 2**30:.2f} GiB "
+                         f"({each / 2**20:.0f} MiB each, {n} samples at a time), but {free / 2**30:.2f} GiB are "
+                         f"free; train at most {max(1, int(free // each))} networks at a time "
+                         "(the sweep's --max-members), or lower chunk")
 
 
 def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow", loss="softhinge",
           subtract_f0=True, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.0, lr=1e-3, batch_size=32,
           seed=0, max_time=math.inf, max_wall=math.inf, max_steps=None, checkpoints=10,
-          callback=None, chunk=2048):
+          callback=None, chunk=CHUNK):
     """Train F(w, x) = alpha [f(w, x) - f(w0, x)] on (x, y) from w0 = params0.
 
-    method "flow": gradient flow dw/dt = -grad L with the paper's adaptive step
-    (max_dgrad, max_dout, initial dt, momentum tau); "adam": Adam with lr and
-    batch_size. Stops when fitted, at max_time / max_wall (seconds) / max_steps, or
-    when diverged. `callback(params, record)` runs at each checkpoint and may return
-    a dict of extra fields for the record (e.g. the kernel change).
-    Returns a `Run` with run.params, run.F_test and run.test_error (given test data).
+    params0: one network (`net.init(seed)`) with alpha a number, or an ensemble
+    (`net.init(seeds)`, S members) with alpha a sequence of S numbers (or one for
+    all); the members are trained as one computation. method "flow": gradient flow
+    dw/dt = -grad L with the paper's adaptive step (max_dgrad, max_dout, initial dt,
+    momentum tau); "adam": Adam with lr, batch_size and the mini-batch order of
+    `seed` (one per member, or one for all). Each member stops when fitted, at
+    max_time / max_wall (seconds) / max_steps, or when diverged. `callback(params,
+    record)` (one for all members, or a list of one per member) runs at each
+    checkpoint with the member's parameters and may return a dict of extra fields
+    for the record (e.g. the kernel change).
+    Returns a `Run` for one network, a list of S `Run`s for an ensemble.
     """
     if method not in ("flow", "adam"):
         raise ValueError(f"unknown method {method!r}; choose 'flow' or 'adam'")
     if (x_test is None) != (y_test is None):
         raise ValueError("give both x_test and y_test, or neither")
+    params0, single = net.members(params0)
     objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk)
+    if not single:
+        check_memory(net, params0, objective.x, min(chunk, len(objective.x)))
     limits = dict(max_time=max_time, max_wall=max_wall, max_steps=max_steps, checkpoints=checkpoints,
                   callback=callback)
     if method == "flow":
-        run = gradient_flow(_NetworkSystem(objective), list(params0), max_dgrad=max_dgrad, max_dout=max_dout,
-                            dt=dt, tau=tau, **limits)
+        runs = gradient_flow(objective, params0, max_dgrad=max_dgrad, max_dout=max_dout, dt=dt, tau=tau, **limits)
     else:
-        run = adam(objective, list(params0), lr=lr, batch_size=batch_size, seed=seed, **limits)
-    run.params = run.state
-    if x_test is not None:
-        run.F_test = objective.F_test(run.params)
-        run.test_error = run.records[-1]["test_err"]
-    return run
+        runs = adam(objective, params0, lr=lr, batch_size=batch_size, seed=seed, **limits)
+    return runs[0] if single else runs

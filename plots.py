@@ -27,9 +27,10 @@ ALPHA_SQRT_H = r"$\alpha\sqrt{h}$"
 
 
 def finish_axes(ax, xlabel, ylabel, logx=True, logy=False, fontsize=7):
-    """Axis scales, axis labels and the legend of one panel."""
-    ax.set_xscale("log" if logx else "linear")
-    ax.set_yscale("log" if logy else "linear")
+    """Axis scales, axis labels and the legend of one panel (linear on an axis with no finite data)."""
+    finite_x, finite_y = np.all(np.isfinite(ax.dataLim.get_points()), axis=0)
+    ax.set_xscale("log" if logx and finite_x else "linear")
+    ax.set_yscale("log" if logy and finite_y else "linear")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=fontsize)
@@ -53,8 +54,11 @@ def crossover(numbers, title):
         ax_kc.plot(numbers["kernel_change_alphas"][h], numbers["kernel_change_mean"][h], color=c, marker="o", ms=3,
                    label=f"h = {h}")
     ax_kc.axhline(numbers["c"], color="grey", lw=0.8)
-    reference_slope(ax_kc, 1e-2, max(numbers["kernel_change_mean"][hs[0]]), -4 / 3, 1.0, "slope -4/3")
-    reference_slope(ax_kc, 1e2, 3 * numbers["kernel_change_mean"][hs[0]][-3], -1.0, max(alphas), "slope -1")
+    a, kc = numbers["kernel_change_alphas"][hs[0]], numbers["kernel_change_mean"][hs[0]]
+    if a[0] < 1.0:  # the sides the sweep reaches, each line above the curve's end on that side
+        reference_slope(ax_kc, a[0], 3 * kc[0], -4 / 3, 1.0, "slope -4/3")
+    if a[-1] > 100.0:
+        reference_slope(ax_kc, a[-1], 3 * kc[-1], -1.0, 100.0, "slope -1")
     stars = np.array([numbers["alpha_star_sqrt_h"][h] / np.sqrt(h) for h in hs])
     ax_star.plot(hs, stars, "o-", label="alpha* (measured)")
     if np.all(np.isfinite(stars)):

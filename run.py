@@ -175,12 +175,20 @@ def add_bench(sub):
 
 def format_bench(row):
     """One benchmark as a line of text."""
+    import bench
+
     if row["bench"] == "gradient":
         return (f"gradient  {row['case']:<34} {row['ms']:9.1f} ms   GEMM bound {row['gemm_ms']:8.1f} ms   "
                 f"{row['of_gemm_bound']:.2f} of the bound   {row['gflop_per_s']:.0f} GFLOP/s")
     if row["bench"] == "steps":
+        authors = (f", {row['of_authors']:.2f} of the authors' {bench.AUTHORS_CNN_MS[0]}-{bench.AUTHORS_CNN_MS[1]} ms"
+                   if "of_authors" in row else "")
         return (f"steps     {row['case']:<34} {row['ms_per_step']:9.1f} ms per accepted step "
-                f"({row['steps_rejected']} rejected)")
+                f"({row['steps_rejected']} rejected){authors}")
+    if row["bench"] == "ensemble":
+        return (f"ensemble  {row['case']:<34} {row['ensemble_per_s']:9.0f} member-steps/s together, "
+                f"{row['solo_per_s']:.0f} one at a time: {row['speedup']:.2f}x "
+                f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'})")
     return (f"ntk       {row['case']:<48} {row['ms']:9.0f} ms   peak {row['peak_mb']:8.0f} MB   "
             f"{row['over_forward_backward']:.2f} x forward+backward")
 
@@ -212,9 +220,9 @@ def add_data(sub):
 
 
 def command_data(args):
-    import datasets
+    import datafiles
 
-    for entry in datasets.describe(args.data_dir):
+    for entry in datafiles.describe(args.data_dir):
         shape = "x".join(map(str, entry["shape"]))
         if entry["error"]:
             state = f"damaged: {entry['error']}"
@@ -227,9 +235,9 @@ def command_data(args):
 
 
 def command_download(args):
-    import datasets
+    import datafiles
 
-    print(f"{args.name} is in {datasets.download(args.name, cache_dir=args.cache_dir)}")
+    print(f"{args.name} is in {datafiles.download(args.name, cache_dir=args.cache_dir)}")
 
 
 # ---------------------------------------------------------------------------
@@ -262,6 +270,10 @@ def add_findings(sub):
         parser.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1)")
         parser.add_argument("--scheduler", help="address of a Dask scheduler to run on (tcp://host:port)")
         parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+        parser.add_argument("--max-members", type=positive_int, default=32,
+                            help="networks trained together as one ensemble (default 32; 1: one at a time)")
+        parser.add_argument("--max-memory", type=positive_float,
+                            help="GiB one ensemble may use (default: half the free memory)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         sizes = parser.add_argument_group("sizes (override the scale's value wherever the finding has it)")
         sizes.add_argument("--dataset")
@@ -296,13 +308,13 @@ def overrides(args):
 
 def check_data(sizes):
     """Fail before any run when a data set of the sizes is unknown or absent."""
-    import datasets
+    import datafiles
 
     for key, value in sizes.items():
         if isinstance(value, dict):
             check_data(value)
-        elif key == "dataset" and value not in datasets.SYNTHETIC:
-            datasets.find(value)
+        elif key == "dataset" and value not in datafiles.SYNTHETIC:
+            datafiles.find(value)
 
 
 def check_sizes(sizes):
@@ -323,7 +335,9 @@ def command_finding(args):
 
     lf.backend(args.device)
     names = list(findings.FINDINGS) if args.finding == "all" else [args.finding]
-    context = findings.Context(args.results, args.workers, args.scheduler, args.device, not args.no_progress)
+    context = findings.Context(args.results, args.workers, args.scheduler, args.device, not args.no_progress,
+                               max_members=args.max_members,
+                               max_memory=args.max_memory and args.max_memory * 2**30)
     given = overrides(args)
     known = set().union(*(findings.size_keys(name, args.scale) for name in names))
     if set(given) - known:

@@ -6,26 +6,38 @@ is a hash of the function's name and the full configuration. So a sweep that
 is interrupted and started again computes only what is missing, and a result
 file that was damaged is detected (by its checksum) and recomputed.
 
-Runs go one after the other in this process (``workers=1``, easy to debug), in
+The unit of work is a job: by default one config, or, with a ``Group``, several
+configs that one call of a batch function computes together (e.g. networks that
+differ only in seed and alpha, trained as one ensemble). A grouped sweep still
+stores each config's result as its own file, under the key of ``fn``: it leaves
+the same files as an ungrouped one, and either resumes the other.
+
+Jobs go one after the other in this process (``workers=1``, easy to debug), in
 parallel over local processes (``workers=N``), or onto a Dask distributed
 cluster (``scheduler="tcp://host:port"``; Dask is only imported then).
 
     results = sweep.run(train, [{"seed": s, "alpha": a} for ...], "results/")
+    results = sweep.run(train, configs, "results/", group=sweep.Group(same_net, train_many, cap))
 
-The public functions are run, load, missing, key and result_path; bad input
+The public names are run, Group, load, missing, key and result_path; bad input
 raises SweepError.
 """
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import json
+import math
 import multiprocessing
+import numbers
 import os
 import sys
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -37,6 +49,22 @@ BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THR
 
 class SweepError(ValueError):
     """A sweep was given bad input, or some of its runs failed."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """How the configs of a sweep may be computed together (e.g. an ensemble of networks).
+
+    key: config -> str; configs with equal keys may share one job (called in the parent only).
+    batch: a top-level function (workers import it by name): list of configs -> list of
+        results, result i being what fn(configs[i]) would give.
+    capacity: config -> int >= 1; at most this many configs of that key in one job
+        (called in the parent only, on the first config of the key).
+    """
+
+    key: Callable
+    batch: Callable
+    capacity: Callable
 
 
 def canonical(value):
@@ -73,11 +101,11 @@ def _check_dict(value, name):
     _check_json(value, name)
 
 
-def _fn_name(fn):
+def _fn_name(fn, role="fn"):
     """The full name "module.qualname" of a top-level function, which identifies it."""
     qualname = getattr(fn, "__qualname__", "<unnamed>")
     if "<" in qualname:
-        raise SweepError(f"fn must be a function defined at the top level of a module, "
+        raise SweepError(f"{role} must be a function defined at the top level of a module, "
                          f"not {qualname!r}: its name identifies its results, and worker "
                          "processes import it by that name")
     return f"{fn.__module__}.{qualname}"
@@ -175,8 +203,8 @@ def _remove_stale_temporaries(results_dir):
                     os.remove(entry.path)
 
 
-def _check_arguments(configs, workers, scheduler):
-    """Raise SweepError for an empty sweep or a bad number of workers."""
+def _check_arguments(configs, workers, scheduler, group):
+    """Raise SweepError for an empty sweep, a bad number of workers or a bad group."""
     if not configs:
         raise SweepError("empty sweep: there are no configurations to run; "
                          "pass a non-empty list of config dicts")
@@ -185,38 +213,106 @@ def _check_arguments(configs, workers, scheduler):
     if scheduler is not None and workers != 1:
         raise SweepError("give either workers (local processes) or a Dask scheduler, not both; "
                          "on a Dask cluster its workers run the sweep")
+    if group is not None:
+        if not isinstance(group, Group):
+            raise SweepError(f"group must be a sweep.Group(key, batch, capacity), "
+                             f"got a {type(group).__name__}")
+        _fn_name(group.batch, "the group's batch")
 
 
-def _serially(fn, configs):
-    """Yield (config, result) for each config, computed here one after the other."""
+def _each(fn, configs):
+    """[fn(config) for config in configs]: the batch function of a sweep without a group."""
+    return [fn(config) for config in configs]
+
+
+def _alone(fn):
+    """The group of a sweep without one: every config is a job of its own."""
+    return Group(key=canonical, batch=functools.partial(_each, fn), capacity=lambda config: 1)
+
+
+def _capacity(group, config):
+    """group.capacity(config), checked to be a whole number >= 1."""
+    capacity = group.capacity(config)
+    if isinstance(capacity, bool) or not isinstance(capacity, numbers.Integral) or capacity < 1:
+        raise SweepError(f"the group's capacity must be a whole number of configs per job, "
+                         f"at least 1; for the config {canonical(config)} it gave {capacity!r}")
+    return int(capacity)
+
+
+def _split(configs, parts):
+    """`configs` cut, in order, into `parts` pieces whose sizes differ by at most one."""
+    size, extra = divmod(len(configs), parts)
+    bounds = [part * size + min(part, extra) for part in range(parts + 1)]
+    return [configs[start:stop] for start, stop in zip(bounds, bounds[1:])]
+
+
+def _pieces(groups, capacities, workers):
+    """How many jobs each group (a list of configs) is cut into.
+
+    The fewest within its capacity; then, while there are fewer jobs than
+    workers, one more for the group whose jobs are largest.
+    """
+    pieces = [math.ceil(len(configs) / capacity) for configs, capacity in zip(groups, capacities)]
+    while sum(pieces) < min(workers, sum(map(len, groups))):
+        largest = max(range(len(groups)), key=lambda index: len(groups[index]) / pieces[index])
+        pieces[largest] += 1
+    return pieces
+
+
+def _jobs(configs, group, workers):
+    """`configs` cut into jobs: lists of configs of one key, within its capacity.
+
+    Groups keep the order in which their keys first appear; _pieces says how
+    many jobs each is cut into.
+    """
+    by_key = {}
     for config in configs:
+        by_key.setdefault(group.key(config), []).append(config)
+    groups = list(by_key.values())
+    capacities = [_capacity(group, members[0]) for members in groups]
+    return [job for members, count in zip(groups, _pieces(groups, capacities, workers))
+            for job in _split(members, count)]
+
+
+def _describe(job):
+    """Words that name the run, or the job of runs, of `job` in an error message."""
+    if len(job) == 1:
+        return f"the run with the config {canonical(job[0])}"
+    return f"the job of {len(job)} runs starting with the config {canonical(job[0])}"
+
+
+def _serially(batch, jobs):
+    """Yield (job, results) for each job, computed here one after the other."""
+    for job in jobs:
         try:
-            result = fn(config)
+            results = batch(job)
         except Exception as error:
-            error.add_note(f"in the sweep run with the config {canonical(config)}")
+            error.add_note(f"raised by {_describe(job)} of the sweep")
             raise
-        yield config, result
+        yield job, results
 
 
 def _as_they_finish(futures, as_completed):
-    """Yield (config, result) for each future of `futures` (future -> config) as it finishes.
+    """Yield (job, results) for each future of `futures` (future -> job) as it finishes.
 
-    Failed runs are collected; once all the others are through, SweepError
-    reports them.
+    Failed jobs are collected; once all the others are through, SweepError
+    reports how many runs they held and the first one's error.
     """
     failures = []
     for future in as_completed(futures):
         try:
-            result = future.result()
+            results = future.result()
         except Exception as error:
             failures.append((futures[future], error))
             continue
-        yield futures[future], result
+        yield futures[future], results
     if failures:
-        config, error = failures[0]
-        raise SweepError(f"{len(failures)} of {len(futures)} runs failed (the others are saved); "
-                         f"the first, with the config {canonical(config)}, raised "
-                         f"{type(error).__name__}: {error}") from error
+        failed = sum(len(job) for job, _ in failures)
+        total = sum(len(job) for job in futures.values())
+        job, error = failures[0]
+        message = (f"{failed} of {total} runs failed (the others are saved); the first failure: "
+                   f"{_describe(job)} raised {type(error).__name__}: {error}")
+        raise SweepError(message) from error
 
 
 @contextlib.contextmanager
@@ -235,36 +331,46 @@ def _blas_threads_for(workers):
             os.environ.pop(name, None)
 
 
-def _in_processes(fn, configs, workers):
-    """Yield (config, result) for each config, computed by `workers` local processes."""
+def _in_processes(batch, jobs, workers):
+    """Yield (job, results) for each job, computed by `workers` local processes."""
     context = multiprocessing.get_context("spawn")
     with _blas_threads_for(workers):
         pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
         try:
-            futures = {pool.submit(fn, config): config for config in configs}
+            futures = {pool.submit(batch, job): job for job in jobs}
             yield from _as_they_finish(futures, concurrent.futures.as_completed)
         finally:
             pool.shutdown(cancel_futures=True)
 
 
-def _on_dask(fn, configs, scheduler):
-    """Yield (config, result) for each config, computed on the Dask cluster at `scheduler`."""
+def _on_dask(batch, jobs, scheduler):
+    """Yield (job, results) for each job, computed on the Dask cluster at `scheduler`."""
     import distributed
 
     with distributed.Client(scheduler) as client:
-        futures = {client.submit(fn, config, pure=False): config for config in configs}
+        futures = {client.submit(batch, job, pure=False): job for job in jobs}
         yield from _as_they_finish(futures, distributed.as_completed)
 
 
-def _execute(fn, configs, workers, scheduler):
-    """Yield (config, result) for each config as its run finishes, wherever it runs."""
-    if not configs:
+def _execute(batch, jobs, workers, scheduler):
+    """Yield (job, results) for each job as it finishes, wherever it runs."""
+    if not jobs:
         return iter(())
     if scheduler is not None:
-        return _on_dask(fn, configs, scheduler)
+        return _on_dask(batch, jobs, scheduler)
     if workers > 1:
-        return _in_processes(fn, configs, workers)
-    return _serially(fn, configs)
+        return _in_processes(batch, jobs, workers)
+    return _serially(batch, jobs)
+
+
+def _check_batch(results, job, batch):
+    """Raise SweepError unless `results`, from batch(job), is a list of one result per config."""
+    if not isinstance(results, list) or len(results) != len(job):
+        got = (f"{len(results)} results" if isinstance(results, list)
+               else f"a {type(results).__name__}")
+        raise SweepError(f"the batch function {_fn_name(batch)} returned {got} for {len(job)} "
+                         "configs; it must return a list with the result of each config, "
+                         "in their order")
 
 
 def _stored_results(fn, paths, results_dir):
@@ -280,7 +386,8 @@ def _stored_results(fn, paths, results_dir):
     return results
 
 
-def run(fn, configs, results_dir, workers=1, scheduler=None, progress=True, desc=None, tally=None):
+def run(fn, configs, results_dir, workers=1, scheduler=None, progress=True, desc=None, tally=None,
+        group=None):
     """Compute `fn(config)` for every config that has no stored result; return all results.
 
     `fn` is a top-level function (its module and name identify its results)
@@ -291,21 +398,28 @@ def run(fn, configs, results_dir, workers=1, scheduler=None, progress=True, desc
     `scheduler`, the address of a Dask scheduler, runs them on that cluster.
     `progress` shows a bar with the time left on stderr, labelled `desc`.
     `tally`, a collections.Counter, counts the distinct runs "computed" and "stored" (found valid).
+    `group`, a Group, computes configs of equal key together, in jobs of
+    group.batch; without it each config is a job of its own. When there are
+    fewer jobs than workers, jobs are split so that every worker has one.
     """
     configs = list(configs)
-    _check_arguments(configs, workers, scheduler)
+    _check_arguments(configs, workers, scheduler, group)
+    group = _alone(fn) if group is None else group
     paths = [result_path(fn, config, results_dir) for config in configs]
     _prepare_folder(results_dir)
     _remove_stale_temporaries(results_dir)
     unique = dict(zip(paths, configs))
     results = _stored_results(fn, unique, results_dir)
     todo = [config for path, config in unique.items() if path not in results]
+    jobs = _jobs(todo, group, workers)
     if tally is not None:
         tally.update(computed=len(todo), stored=len(unique) - len(todo))
     with tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="run",
               file=sys.stderr, disable=not progress) as bar:
-        for config, result in _execute(fn, todo, workers, scheduler):
-            path = result_path(fn, config, results_dir)
-            results[path] = _save(fn, config, result, path)
-            bar.update()
+        for job, job_results in _execute(group.batch, jobs, workers, scheduler):
+            _check_batch(job_results, job, group.batch)
+            for config, result in zip(job, job_results):
+                path = result_path(fn, config, results_dir)
+                results[path] = _save(fn, config, result, path)
+                bar.update()
     return [results[path] for path in paths]

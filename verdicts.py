@@ -36,10 +36,10 @@ def estimate(statistic, n_seeds, n_boot=N_BOOT):
 
 def slope(x, y):
     """The least-squares slope of log y against log x (both positive)."""
-    x, y = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
-    if len(x) < 2 or not np.all(np.isfinite(y)):
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or not np.all(np.isfinite(y) & (y > 0)):
         return math.nan
-    return float(np.polyfit(x, y, 1)[0])
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
 def crossing(x, y, c):
@@ -109,6 +109,12 @@ class Claim:
 def unmeasured(quantity, measured, interval, paper, note):
     """A claim that this run could not measure (a nan, e.g. no crossing in range)."""
     return Claim(quantity, measured, interval[0], interval[1], paper, None, note or "not measurable here")
+
+
+def missing(quantity, paper, lacking):
+    """A claim that the sweep gives nothing to measure for: undecided, and its note says what is
+    missing (e.g. lacking = "no alpha sqrt(h) <= 0.1 in this sweep")."""
+    return Claim(quantity, math.nan, math.nan, math.nan, paper, None, lacking)
 
 
 def measurable(measured, interval):

@@ -1,10 +1,14 @@
 """The command line: `run.py train`, `run.py data`, and their errors."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import datafiles
+from data_writers import idx_set_files, write_set
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--dataset", "sphere", "--d", "5", "--p", "30", "--p-test", "50", "--h", "8", "--L", "2"]
@@ -59,7 +63,6 @@ def test_bad_train_arguments_exit_2_and_name_the_argument(args, message):
 
 
 def test_gpu_without_cupy_or_device_is_a_clear_error():
-    pytest.importorskip("numpy")
     try:
         import cupy  # noqa: F401
 
@@ -71,8 +74,30 @@ def test_gpu_without_cupy_or_device_is_a_clear_error():
     assert result.returncode == 2 and "device='gpu'" in result.stderr and "device='cpu'" in result.stderr
 
 
-def test_data_lists_every_set_and_where_it_is():
-    result = run_cli("data")
+def on_system(name):
+    """Whether /usr/share/datasets/NAME holds every file of the set (gzipped or not), looked at directly."""
+    folder = datafiles.SYSTEM_ROOT / name
+    return all((folder / f).is_file() or (folder / f"{f}.gz").is_file() for f in datafiles.SETS[name].files)
+
+
+@pytest.mark.parametrize("with_mnist", [True, False])
+def test_data_lists_each_set_as_present_where_its_files_are_and_absent_elsewhere(with_mnist, tmp_path):
+    """--data-dir holds a small MNIST (10 classes x (3 + 1) images) or nothing, the home has no cache and
+    LAZYFEAT_DATA is unset: a set is listed in the data dir or the system folder exactly where its files
+    are, and as absent (with the download command) where they are nowhere."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if with_mnist:
+        write_set(data_dir, "mnist", idx_set_files("mnist"))
+    env = {k: v for k, v in os.environ.items() if k != "LAZYFEAT_DATA"} | {"HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), "data", "--data-dir", str(data_dir)], cwd=ROOT,
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    for name in ("mnist", "fashion-mnist", "kmnist", "emnist-letters", "cifar10"):
-        assert name in result.stdout
+    listed = {line.split()[0]: line for line in result.stdout.splitlines()}
+    for name in datafiles.NAMES:
+        if name == "mnist" and with_mnist:
+            assert listed[name].endswith(f"40 images of 1x28x28 in {data_dir / 'mnist'}")
+        elif on_system(name):
+            assert listed[name].endswith(f"in {datafiles.SYSTEM_ROOT / name}")
+        else:
+            assert "absent (searched" in listed[name] and f"python run.py download {name}" in listed[name]

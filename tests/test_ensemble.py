@@ -1,0 +1,231 @@
+"""An ensemble of S networks trained as one computation: each member ends as its solo run does."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import experiments
+import kernels
+import lazyfeat as lf
+import sweep
+from test_lazyfeat import ACTS, toy_task
+
+SETTINGS = settings(max_examples=12, deadline=None)
+
+
+def images(n, seed, size=19):
+    """Gaussian one-channel images with labels from the sign of their mean pixel."""
+    x = np.random.default_rng(seed).standard_normal((n, 1, size, size))
+    return x, np.where(x.mean(axis=(1, 2, 3)) > 0, 1.0, -1.0)
+
+
+@st.composite
+def ensemble_case(draw):
+    """A network (FC of drawn width and depth, or a small CNN), its data, S seeds and S alphas."""
+    S = draw(st.integers(1, 4))
+    seeds = draw(st.lists(st.integers(0, 1000), min_size=S, max_size=S))
+    alphas = [10.0 ** draw(st.sampled_from([-2, -1, 0, 1, 2, 4])) for _ in range(S)]
+    if draw(st.booleans()):
+        net = lf.FC(5, draw(st.integers(2, 24)), draw(st.integers(1, 3)), draw(st.sampled_from(ACTS)))
+        x, y, xt, yt = toy_task(p=draw(st.integers(6, 40)), p_test=30, seed=draw(st.integers(0, 5)))
+    else:
+        net = lf.CNN(1, draw(st.integers(1, 3)), draw(st.sampled_from(ACTS)))
+        (x, y), (xt, yt) = images(8, 0), images(6, 1)
+    return net, seeds, alphas, (x, y, xt, yt)
+
+
+def assert_member_is_its_solo_run(member, solo):
+    assert member.status == solo.status
+    assert abs(member.steps_accepted - solo.steps_accepted) <= 0.01 * solo.steps_accepted
+    scale = np.abs(solo.F_test).max()
+    assert np.abs(member.F_test - solo.F_test).max() <= 1e-5 * scale
+
+
+@SETTINGS
+@given(ensemble_case(), st.sampled_from(["flow", "adam"]))
+def test_each_member_ends_as_its_solo_run(case, method):
+    """Members stop at different times (they have different alphas and seeds); each one's status,
+    accepted steps and test predictor are those of the same network trained alone."""
+    net, seeds, alphas, (x, y, xt, yt) = case
+    options = dict(method=method, lr=1e-2, batch_size=4, max_steps=300, checkpoints=5)
+    runs = lf.train(net, net.init(seeds), x, y, alphas, xt, yt, seed=seeds, **options)
+    assert isinstance(runs, list) and len(runs) == len(seeds)
+    for member, seed, alpha in zip(runs, seeds, alphas):
+        solo = lf.train(net, net.init(seed), x, y, alpha, xt, yt, seed=seed, **options)
+        assert_member_is_its_solo_run(member, solo)
+        assert [r["step"] for r in member.records] == [r["step"] for r in solo.records]
+
+
+def test_a_diverging_member_stops_alone_and_the_others_go_on():
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 16, 2)
+    params = net.init([0, 1, 2])
+    for w in params:
+        w[1] *= 1e300  # member 1's output is not finite
+    runs = lf.train(net, params, x, y, 1.0, xt, yt, subtract_f0=False)
+    assert [run.status for run in runs] == ["fitted", "diverged", "fitted"]
+    for s in (0, 2):
+        assert_member_is_its_solo_run(runs[s], lf.train(net, net.init(s), x, y, 1.0, xt, yt, subtract_f0=False))
+
+
+def test_members_that_stop_are_dropped_from_the_computation():
+    """The member that fits first is no longer evaluated: the integrator sees fewer members."""
+    x, y, _, _ = toy_task()
+    net = lf.FC(5, 16, 2)
+    objective = lf.Objective(net, net.init([0, 0]), x, y, [1e-2, 1e2])
+    seen = []
+
+    class Counting:
+        def __init__(self, system):
+            self.system = system
+
+        def evaluate(self, state):
+            seen.append(len(state[0]))
+            return self.system.evaluate(state)
+
+        def take(self, idx):
+            return Counting(self.system.take(idx))
+
+        def __getattr__(self, name):
+            return getattr(self.system, name)
+
+    runs = lf.gradient_flow(Counting(objective), objective.params0)
+    first, last = sorted(run.steps_accepted + run.steps_rejected for run in runs)
+    assert first < last and seen.count(2) == first + 1 and seen.count(1) == last - first
+
+
+def test_init_of_a_list_of_seeds_stacks_the_single_inits():
+    for net in (lf.FC(4, 6, 2, bias=0.1), lf.CNN(2, 3)):
+        ensemble = net.init([5, 7, 5])
+        for s, seed in enumerate([5, 7, 5]):
+            assert all(np.array_equal(a[s], b) for a, b in zip(ensemble, net.init(seed)))
+
+
+@SETTINGS
+@given(ensemble_case())
+def test_the_ensemble_ntk_is_the_ntk_of_each_member(case):
+    net, seeds, _, (x, _, xt, _) = case
+    theta = kernels.ntk(net, net.init(seeds), x[:6], xt[:5], chunk=4)
+    assert theta.shape == (len(seeds), 6, 5)
+    for s, seed in enumerate(seeds):
+        np.testing.assert_allclose(theta[s], kernels.ntk(net, net.init(seed), x[:6], xt[:5]), rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_flow_of_S_alphas_or_S_kernels_is_each_solo_flow():
+    x, y, xt, yt = toy_task(p=30, p_test=20)
+    net = lf.FC(5, 16, 2)
+    theta, theta_tx = kernels.ntk(net, net.init([0, 1]), x), kernels.ntk(net, net.init([0, 1]), xt, x)
+    by_alpha = kernels.flow(theta[0], y, [0.1, 10.0], theta_tx[0], yt)
+    by_kernel = kernels.flow(theta, y, [0.1, 10.0], theta_tx, yt)
+    for s, alpha in enumerate([0.1, 10.0]):
+        assert_member_is_its_solo_run(by_alpha[s], kernels.flow(theta[0], y, alpha, theta_tx[0], yt))
+        assert_member_is_its_solo_run(by_kernel[s], kernels.flow(theta[s], y, alpha, theta_tx[s], yt))
+
+
+SMALL = {"dataset": "sphere", "d": 5, "p": 20, "p_test": 30, "h": 8, "L": 2, "kernel_points": 6,
+         "kernel_along": True, "store_F_test": True, "checkpoints": 5}
+
+
+def without_timings(result):
+    result = {k: v for k, v in result.items() if k not in ("wall_s", "ms_per_step")}
+    result["records"] = [{k: v for k, v in r.items() if k != "wall"} for r in result["records"]]
+    return result
+
+
+def test_an_ensemble_of_configs_gives_each_configs_own_result():
+    configs = [{**SMALL, "seed": s, "alpha_sqrt_h": a} for s, a in [(0, 1e-2), (1, 1.0), (0, 1e4)]]
+    together = experiments.fit_ensemble(configs)
+    for config, result in zip(configs, together):
+        alone = experiments.fit(config)
+        assert without_timings(result) == pytest.approx(without_timings(alone), rel=1e-9, abs=1e-12)
+
+
+def test_a_sweep_grouped_into_ensembles_stores_the_same_results_as_one_config_at_a_time(tmp_path):
+    configs = [{**SMALL, "h": h, "seed": s, "alpha_sqrt_h": a} for h in (4, 8) for s in (0, 1) for a in (1e-1, 1e3)]
+    group = experiments.ensembles(max_members=3, max_memory=2**30)
+    grouped = sweep.run(experiments.fit, configs, str(tmp_path / "grouped"), progress=False, group=group)
+    alone = sweep.run(experiments.fit, configs, str(tmp_path / "alone"), progress=False)
+    names = lambda folder: sorted(p.name for p in (tmp_path / folder).glob("*.json"))
+    assert names("grouped") == names("alone") and len(names("alone")) == len(configs)
+    for a, b in zip(grouped, alone):
+        assert without_timings(a) == pytest.approx(without_timings(b), rel=1e-9, abs=1e-12)
+
+
+def test_ensemble_capacity_respects_the_memory_cap():
+    each = experiments.member_bytes(SMALL)
+    assert experiments.ensembles(100, 3.5 * each).capacity(SMALL) == 3
+    assert experiments.ensembles(2, 1e12).capacity(SMALL) == 2
+    assert experiments.ensembles(100, 0.1 * each).capacity(SMALL) == 1
+
+
+def test_seeds_and_alphas_of_different_lengths_are_a_clear_error():
+    x, y, _, _ = toy_task()
+    net = lf.FC(5, 4, 2)
+    with pytest.raises(ValueError, match="seeds and alphas of different lengths: 3 networks .* 2 values"):
+        lf.train(net, net.init([0, 1, 2]), x, y, [1.0, 2.0])
+    with pytest.raises(ValueError, match="seeds and alphas of different lengths: 1 networks .* 2 values"):
+        lf.train(net, net.init(0), x, y, [1.0, 2.0])
+    with pytest.raises(ValueError, match="alphas of different lengths"):
+        kernels.flow(np.eye(len(y))[None].repeat(2, 0), y, [1.0, 2.0, 3.0])
+
+
+def test_an_empty_ensemble_is_a_clear_error():
+    x, y, _, _ = toy_task()
+    net = lf.FC(5, 4, 2)
+    with pytest.raises(ValueError, match="an empty ensemble"):
+        net.init([])
+    with pytest.raises(ValueError, match="an empty ensemble"):
+        lf.train(net, net.init([0]), x, y, [])
+
+
+def test_an_ensemble_that_does_not_fit_in_memory_says_how_much_it_needs_and_what_to_set(monkeypatch):
+    x, y, _, _ = toy_task()
+    net = lf.FC(5, 64, 3)
+    params = net.init([0, 1, 2, 3])
+    each = net.bytes_per_member(params, x, len(x))
+    monkeypatch.setattr(lf, "available_memory", lambda xp: 2.5 * each)
+    with pytest.raises(ValueError, match=r"an ensemble of 4 networks .* needs about .* GiB .* train at most 2 "
+                                         r"networks at a time \(the sweep's --max-members\)"):
+        lf.train(net, params, x, y, 1.0)
+
+
+def test_bytes_per_member_grows_with_samples_and_width():
+    x = toy_task(p=100)[0]
+    small, wide = lf.FC(5, 16, 2), lf.FC(5, 64, 2)
+    p_small, p_wide = small.init(0), wide.init(0)
+    assert small.bytes_per_member(p_small, x, 100) > small.bytes_per_member(p_small, x, 10)
+    assert wide.bytes_per_member(p_wide, x, 100) > 3 * small.bytes_per_member(p_small, x, 100)
+    per_sample = small.bytes_per_member(p_small, x, 2) - small.bytes_per_member(p_small, x, 1)
+    assert per_sample >= 8 * 2 * 16 * 2  # at least two hidden layers' activations and slopes, in float64
+
+
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+def test_momentum_changes_the_trajectory_and_converges_to_the_fine_step_reference(tau):
+    """dv/dt = -(v + grad L)/tau, dw/dt = v: at t = 3 the momentum run differs from plain flow, and it is
+    closer and closer to the same dynamics integrated with bounds 2^8 times tighter as the bounds tighten
+    (ignoring tau fails both)."""
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 20, 2)
+    params0 = net.init(0)
+
+    def F_test(tau, k=0):
+        return lf.train(net, params0, x, y, 1.0, xt, yt, tau=tau, max_dgrad=1e-4 / 2**k, max_dout=0.1 / 2**k,
+                        max_time=3.0).F_test
+
+    reference, plain = F_test(tau, 8), F_test(0.0)
+    assert np.abs(plain - reference).max() > 0.05 * np.abs(reference).max()
+    errors = [np.abs(F_test(tau, k) - reference).max() for k in (0, 2, 4, 6)]
+    assert errors[0] < 0.25 * np.abs(plain - reference).max()
+    assert all(b < a for a, b in zip(errors, errors[1:])) and errors[-1] < 0.1 * errors[0]
+
+
+def test_momentum_with_tau_far_below_the_step_is_stable_and_is_plain_flow():
+    """The velocity is integrated exactly, so steps dt >> tau stay stable (explicit Euler on v blows up once
+    dt > 2 tau) and v relaxes to -grad L: the run matches plain gradient flow."""
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 20, 2)
+    momentum = lf.train(net, net.init(0), x, y, 1.0, xt, yt, tau=1e-6, max_time=3.0)
+    plain = lf.train(net, net.init(0), x, y, 1.0, xt, yt, max_time=3.0)
+    assert momentum.status == "time" and min(r["dt"] for r in momentum.records[5:]) > 100 * 1e-6
+    assert np.abs(momentum.F_test - plain.F_test).max() < 1e-3 * np.abs(plain.F_test).max()
