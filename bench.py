@@ -4,8 +4,11 @@
   bound, the time of the very matrix products that pass contains;
 - steps: milliseconds per accepted step of real gradient-flow training;
 - ntk: the structured NTK against the Jacobian method (time and peak memory),
-  and against one forward + backward on the same points.
+  and against one forward + backward on the same points;
+- infinite: the NTK at infinite width on p = 10 000 points (its table, then the
+  lookup) and its errors.
 """
+import collections
 import math
 import statistics
 import time
@@ -146,6 +149,72 @@ def bench_cnn_steps(steps=20, device="cpu", dtype="float64"):
             "of_authors": result["ms_per_step"] / np.mean(AUTHORS_CNN_MS)}
 
 
+def bench_throughput(members, h, p, steps, device="cpu", dtype="float64"):
+    """Member-steps per second of an ensemble of `members` FC nets (L=3, Fashion-MNIST, p points), each
+    trained for `steps` accepted steps at alpha sqrt(h) spread over 1e-2 .. 1e4 (seeds 0, 1, ...)."""
+    alphas = np.logspace(-2, 4, members).tolist()
+    configs = [{"dataset": "fashion", "p": p, "p_test": 1000, "h": h, "L": 3, "alpha_sqrt_h": a, "seed": s,
+                "max_steps": steps, "device": device, "dtype": dtype} for s, a in enumerate(alphas)]
+    experiments.fit_ensemble(configs[:1])  # warm-up: the data set, the device's kernels
+    start = time.perf_counter()
+    results = experiments.fit_ensemble(configs)
+    seconds = time.perf_counter() - start
+    member_steps = sum(r["steps_accepted"] for r in results)
+    return {"bench": "throughput", "case": f"{members} x FC L=3 h={h} fashion p={p}, {device}",
+            "member_steps": member_steps, "seconds": seconds, "per_s": member_steps / seconds}
+
+
+def fc_cost(h, L=3, d=784):
+    """Multiply-adds per sample of one forward pass of the FC net, d h + (L - 1) h^2 + h: a step's cost scale."""
+    return d * h + (L - 1) * h * h + h
+
+
+def paper_runs(name):
+    """{h: number of runs} of the FC runs of a finding at paper scale (crossover without its bisection)."""
+    import findings
+
+    sizes = findings.SCALES["paper"][name]
+    parts = [part for part in sizes.values() if isinstance(part, dict) and part.get("arch", "fc") == "fc"] \
+        if name == "regimes" else [sizes]
+    runs = collections.Counter()
+    for part in parts:
+        for h in part["h"]:
+            runs[h] += len(part["ends"] if "ends" in part else part["alpha_sqrt_h"]) * part["seeds"]
+    return runs
+
+
+def paper_projection(h, p, p_test, members, max_wall, device="cpu", dtype="float64"):
+    """Train `members` networks of finding 1's paper grid (FC L=3 width h, seed 0, alpha sqrt(h) spread over
+    the paper's half decades) to the end or for max_wall seconds, and project each finding's FC runs at paper
+    scale: runs x accepted steps per run (the most any member took: a lower bound if one did not fit) x the
+    step cost of their width relative to h (fc_cost) / the member-steps per second measured here."""
+    import findings
+
+    half_decades = findings.PAPER_GRID["alpha_sqrt_h"]
+    alphas = half_decades[:: max(1, len(half_decades) // members)][:members]
+    configs = [{"dataset": "fashion", "p": p, "p_test": p_test, "h": h, "L": 3, "alpha_sqrt_h": a, "seed": 0,
+                "max_wall": max_wall, "device": device, "dtype": dtype} for a in alphas]
+    start = time.perf_counter()
+    results = experiments.fit_ensemble(configs)
+    seconds = time.perf_counter() - start
+    per_s = sum(r["steps_accepted"] for r in results) / seconds
+    steps = max(r["steps_accepted"] for r in results)
+    hours = {name: sum(n * steps * fc_cost(width) / fc_cost(h) for width, n in paper_runs(name).items()) / per_s / 3600
+             for name in findings.SCALES["paper"]}
+    return {"bench": "projection", "case": f"{len(configs)} x FC L=3 h={h} p={p} p_test={p_test}, {device}",
+            "seconds": seconds, "fitted": sum(r["status"] == "fitted" for r in results), "members": len(configs),
+            "steps_per_run": steps, "member_steps_per_s": per_s, "projected_hours": hours}
+
+
+def device_benchmarks(device="gpu", dtype="float64", members=64, p=10_000, steps=50, max_wall=240):
+    """The device checks' benchmarks: an ensemble of `members` FC nets (h=100, p points) against one net
+    on the device and one net on the CPU, and a paper-scale subset with its projection."""
+    yield bench_throughput(members, 100, p, steps, device, dtype)
+    yield bench_throughput(1, 100, p, steps, device, dtype)
+    yield bench_throughput(1, 100, p, max(1, steps // 5), "cpu", dtype)
+    yield paper_projection(100, p, 5 * p, 23, max_wall, device, dtype)
+
+
 def bench_ntk(name, net, x, method, chunk=1024, device="cpu", dtype="float64"):
     """The NTK of `net` on the points x by `method`: time, peak memory, and time over one forward + backward."""
     params = net.init(0, device, dtype)
@@ -161,6 +230,32 @@ def bench_ntk(name, net, x, method, chunk=1024, device="cpu", dtype="float64"):
     pass_seconds = median_time(forward_backward, xp)
     return {"bench": "ntk", "case": f"{name}, {method}, chunk {chunk}", "ms": 1e3 * seconds,
             "peak_mb": peak / 2**20, "over_forward_backward": seconds / pass_seconds}
+
+
+def bench_infinite(p=10_000, D=784, L=3, act="softplus", check_points=64, device="cpu"):
+    """kernels.ntk_infinite on p points of norm sqrt(D), float64: the time to build the table of
+    (L, act) and the time to read the (p, p) kernel from it; the table's error at the midpoints of its
+    grid (where the cubic's error is largest) and the error against direct quadrature on the pairs of
+    the first `check_points` points, both relative to Theta(x, x)."""
+    xp = lf.backend(device)
+    x_host = random_inputs((p, D))
+    x = xp.asarray(x_host)
+    kernels.sphere_table.cache_clear()
+    start = time.perf_counter()
+    pieces = kernels.sphere_table(L, act, 0.0)[0]
+    build_s = time.perf_counter() - start
+    lookup_s = median_time(lambda: kernels.ntk_infinite(x, L=L, act=act), xp, repeat=1)
+    diagonal = kernels.infinite_width_kernels(np.ones(1), 1.0, 1.0, L, act, 0.0)[0][0]
+    midpoints = np.cos((np.arange(kernels.TABLE_POINTS - 1) + 0.5) * (math.pi / (kernels.TABLE_POINTS - 1)))
+    exact = kernels.infinite_width_kernels(midpoints, 1.0, 1.0, L, act, 0.0)[0]
+    table_error = np.abs(kernels.interpolate(pieces, midpoints) - exact).max() / diagonal
+    few = x_host[:check_points]
+    i, j = np.triu_indices(check_points)
+    q = np.sum(few**2, axis=1) / D
+    direct = kernels.infinite_width_kernels(np.sum(few[i] * few[j], axis=1) / D, q[i], q[j], L, act, 0.0)[0]
+    direct_error = np.abs(kernels.ntk_infinite(few, L=L, act=act)[i, j] - direct).max() / diagonal
+    return {"bench": "infinite", "case": f"FC L={L} {act}, p={p} D={D}", "build_s": build_s, "lookup_s": lookup_s,
+            "table_error": float(table_error), "direct_error": float(direct_error)}
 
 
 def random_inputs(shape, seed=0):
@@ -192,3 +287,4 @@ def all_benchmarks(device="cpu", dtype="float64", steps=500, jacobian_points=128
     cnn, x_cnn = lf.CNN(1, 32), random_inputs((500, 1, 28, 28))
     yield bench_ntk("CNN h=32, 500 points 28x28", cnn, x_cnn, "layers", 250, device, dtype)
     yield bench_ntk("CNN h=32, 500 points 28x28", cnn, x_cnn, "jacobian", 125, device, dtype)
+    yield bench_infinite(device=device)

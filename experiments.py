@@ -157,3 +157,30 @@ def ensembles(max_members, max_memory):
         return max(1, min(max_members, int(max_memory // member_bytes(config))))
 
     return sweep.Group(key=ensemble_key, batch=fit_ensemble, capacity=capacity)
+
+
+def fit_infinite(config):
+    """The lazy-limit predictor at h = infinity of config `config`: kernels.flow with the NTK of the FC net
+    at infinite width (kernels.ntk_infinite) on its data, its loss and its integrator bounds, from F = 0.
+
+    The config is that of `fit` (arch "fc"); h, alpha sqrt(h), the seed and dtype play no part (the kernel
+    is float64; the dynamics of F do not depend on alpha, which only scales the recorded loss alpha^2 L,
+    so alpha = 1). Returns the run's summary and records, and the test predictor F_test when store_F_test.
+    """
+    c = full_config(config)
+    if c["arch"] != "fc":
+        raise ValueError(f"fit_infinite needs arch 'fc' (the infinite-width NTK is that of the FC net), "
+                         f"got {c['arch']!r}")
+    if not c["subtract_f0"]:
+        raise ValueError("fit_infinite starts from F = 0, as subtract_f0=True does; with subtract_f0=False "
+                         "the start would be a random draw of f(w0): set subtract_f0=True")
+    xp = lf.backend(c["device"])
+    x, y, x_test, y_test = (xp.asarray(a, dtype=xp.float64) for a in load_data(c))
+    net = dict(L=c["L"], act=c["act"], bias=c["bias"])
+    run = kernels.flow(kernels.ntk_infinite(x, **net), y, 1.0, kernels.ntk_infinite(x_test, x, **net), y_test,
+                       loss=c["loss"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"],
+                       checkpoints=c["checkpoints"], **limits_of(c))
+    result = {**run.summary(), "ms_per_step": 1e3 * run.wall_s / max(run.steps_accepted, 1), "records": run.records}
+    if c["store_F_test"]:
+        result["F_test"] = to_list(run.F_test)
+    return result

@@ -88,8 +88,11 @@ def size_keys(finding, scale):
 
 
 def _override(sizes, key, value):
-    """Set `key` in `sizes` and in every nested part that has it; whether any had it."""
-    found = key in sizes
+    """Set `key` in `sizes` and in every nested part that has it; whether any had it.
+
+    A part (a nested dict, e.g. regimes' "pca") is never replaced: its own keys are.
+    """
+    found = key in sizes and not isinstance(sizes[key], dict)
     if found:
         sizes[key] = value
     for part in sizes.values():
@@ -223,6 +226,27 @@ def claim(verdict, quantity, statistic, n_seeds, *args, paper, lacking="", **kwa
 
 
 # ---------------------------------------------------------------------------
+# The h = infinity predictor: the lazy limit at infinite width
+# ---------------------------------------------------------------------------
+
+H_INF_TOLERANCE = 0.02  # how close (in test error) the lazy end at the largest h must come to h = infinity
+
+
+def infinite_width(ctx, sizes, desc):
+    """The result of the h = infinity predictor on a finding's data and depth (experiments.fit_infinite:
+    the frozen-kernel flow with the infinite-width NTK), stored like a run."""
+    config = {key: sizes[key] for key in RUN_KEYS if key != "kernel_points" and sizes.get(key) is not None}
+    config.update(store_F_test=True, checkpoints=20, max_steps=MAX_STEPS, device=ctx.device)
+    return ctx.sweep([config], desc, fn=experiments.fit_infinite)[0]
+
+
+def infinite_claim(quantity, gap, n_seeds, lacking):
+    """gap(seed indices) = lazy-end error at the largest h - the h = infinity error: near 0."""
+    return claim(V.near, quantity, gap, n_seeds, 0.0, H_INF_TOLERANCE, lacking=lacking,
+                 paper=f"0: large h reaches h = inf (+- {H_INF_TOLERANCE:g})")
+
+
+# ---------------------------------------------------------------------------
 # 1. crossover: alpha* ~ 1/sqrt(h)
 # ---------------------------------------------------------------------------
 
@@ -309,9 +333,14 @@ def crossover(ctx, sizes):
                             lacking="" if h in crossed else f"no crossing of kernel change {c:g} in this sweep"))
     claims.append(claim(V.near, "exponent of alpha* against h", exponent, n, -0.5, 0.1, paper="-1/2 (+- 0.1)",
                         lacking=shortage(crossed, 2, f"width h whose kernel change crosses {c:g}")))
+    inf = infinite_width(ctx, sizes, "crossover h = inf")
+    h_max, lazy_end = max(hs), int(np.argmax(alphas))
+    claims.append(infinite_claim(f"lazy end (alpha sqrt(h) = {alphas[lazy_end]:g}), h={h_max}: error - h = inf error",
+                                 lambda idx: err[h_max][lazy_end, idx].mean() - inf["test_error"], n,
+                                 end_lacking(alphas, "lazy")))
     stars = alpha_star_sqrt_h(np.arange(n))
     numbers = {
-        "h": hs, "alpha_sqrt_h": alphas, "c": c,
+        "h": hs, "alpha_sqrt_h": alphas, "c": c, "h_inf_error": inf["test_error"],
         "test_error_mean": {h: err[h].mean(axis=1).tolist() for h in hs},
         "test_error_std": {h: err[h].std(axis=1).tolist() for h in hs},
         "rescaled_error": {h: V.rescale(err[h].mean(axis=1)).tolist() for h in hs},
@@ -339,13 +368,20 @@ def regimes(ctx, sizes):
         if datasets.ALIASES.get(s["dataset"], s["dataset"]) != PAPER_DATA[part]:
             notes.append(f"{label}: run on {s['dataset']} (the paper used {PAPER_DATA[part]})")
         notes.append(f"{label}: {status_note(runs)}")
+        inf = infinite_width(ctx, s, f"regimes {part} h = inf") if s.get("arch", "fc") == "fc" else None
+        if inf:
+            h_max = max(s["h"])
+            lazy = seed_array(runs[h_max, lazy_end], "test_error")
+            claims.append(infinite_claim(f"{label}, lazy end, h={h_max}: error - h = inf error",
+                                         lambda idx, lazy=lazy: lazy[idx].mean() - inf["test_error"], len(lazy), ""))
         for h in s["h"]:
             lazy, feature = seed_array(runs[h, lazy_end], "test_error"), seed_array(runs[h, feature_end], "test_error")
             note = (f"p={s['p']}; the paper's FC claim is for p=10k (at p=1000 the authors' code finds "
                     "feature better)" if part == "fc" else f"p={s['p']}")
             claims.append(V.winner(f"{label} h={h}: error lazy - feature", "lazy", lazy, "feature", feature,
                                    paper_winner, note))
-            numbers[f"{part} h={h}"] = {"lazy": lazy.tolist(), "feature": feature.tolist(), "paper": paper_winner}
+            numbers[f"{part} h={h}"] = {"lazy": lazy.tolist(), "feature": feature.tolist(), "paper": paper_winner,
+                                        **({"h_inf": inf["test_error"]} if inf else {})}
     return Outcome("regimes", "Finding 2: which regime is better depends on architecture and data",
                    numbers, claims, notes)
 
@@ -388,6 +424,11 @@ def fluctuations(ctx, sizes):
     claims.append(claim(V.sign_claim, "ensemble error lazy - feature (mean over h)", lazy_minus_feature, n, -1,
                         paper="lazy ensemble better (2.4-2.5 % vs 2.9-3.0 % at p=10k)",
                         lacking=lacking["lazy"] or lacking["feature"]))
+    inf = infinite_width(ctx, sizes, "fluctuations h = inf")
+    h_max = max(hs)
+    claims.append(infinite_claim(f"lazy ensemble error at h={h_max} - h = inf error",
+                                 lambda idx: ensemble_error(F[h_max, ends["lazy"]], y, idx) - inf["test_error"], n,
+                                 lacking["lazy"]))
     all_seeds = np.arange(n)
     numbers = {
         "h": hs, "alpha_sqrt_h": alphas,
@@ -395,6 +436,7 @@ def fluctuations(ctx, sizes):
         "var_at_ends": {regime: [output_variance(F[h, a], all_seeds) for h in hs] for regime, a in ends.items()},
         "ensemble_error": {regime: [ensemble_error(F[h, a], y, all_seeds) for h in hs] for regime, a in ends.items()},
         "single_error": {regime: [float(single[h, a].mean()) for h in hs] for regime, a in ends.items()},
+        "h_inf_error": inf["test_error"],
     }
     return Outcome("fluctuations", "Finding 3: output fluctuations delta F ~ h^(-1/2) in both regimes",
                    numbers, claims, [status_note(runs)])
@@ -487,7 +529,12 @@ def kernels(ctx, sizes):
         claims.append(claim(V.sign_claim, f"h={h}, feature end: |init - network| - |final - network|", closer, n,
                             +1, paper="the final kernel is closer to the network",
                             lacking=end_lacking(alphas, "feature")))
-    numbers = {"h": hs, "alpha_sqrt_h": alphas,
+    inf = infinite_width(ctx, sizes, "kernels h = inf")
+    h_max = max(hs)
+    claims.append(infinite_claim(f"h={h_max}, lazy end: init. kernel error - h = inf kernel error",
+                                 lambda idx: err[h_max, max(alphas)]["init_kernel"][idx].mean() - inf["test_error"],
+                                 n, end_lacking(alphas, "lazy")))
+    numbers = {"h": hs, "alpha_sqrt_h": alphas, "h_inf_error": inf["test_error"],
                "errors": {h: {kind: [float(err[h, a][kind].mean()) for a in alphas]
                               for kind in ("network", "init_kernel", "final_kernel")} for h in hs}}
     return Outcome("kernels", "Kernel baselines: the network against its initial and final NTK",

@@ -15,7 +15,6 @@ same adaptive integrator as network training (lazyfeat.gradient_flow).
 """
 import functools
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -233,18 +232,23 @@ def baseline(net, params, x, y, x_test, y_test, alpha, *, loss="softhinge", chun
 # (b = 0 at initialisation). Sigma_{L+1} is the NNGP kernel: the covariance of
 # f(w0, x) over initialisations.
 #
-# The expectations are computed by quadrature. With inputs of norm sqrt(D) (the
-# paper's preprocessing, section 5) every variance Sigma_l(x, x) is 1 (that is what c
-# normalises), so the kernel depends on the input cosine x.x'/D only: it is tabulated
-# once per (L, act, bias) and interpolated.
+# The expectations are computed by quadrature, once per table. A pair of inputs
+# enters only through its angle arccos(x.x' / |x||x'|) and the variances q = |x|^2 / D
+# of its two points. With the paper's preprocessing (section 5: every input has norm
+# sqrt(D)) q = 1 for all points, and so at every layer (that is what c normalises):
+# the kernel is a function of the angle alone, tabulated once per (L, act, bias).
+# Inputs of other norms (PCA-whitened data) use a table over the angle and the two
+# log variances.
 
 ANGLES_PER_ARC = 40  # Gauss-Legendre nodes in the angle, on each of the four arcs
 RADII = 64  # Gauss-Legendre nodes in the radius, on [0, R_MAX]
 R_MAX = 14.0  # the Gaussian weight beyond it, exp(-R_MAX^2 / 2), is below 1e-42
 QUADRATURE_ERROR = 1e-11  # bound on the error of each expectation, variances in [1/4, 4]
 PAIRS_PER_CHUNK = 256  # pairs (x, x') whose quadrature nodes are held in memory at once
-TABLE_POINTS = 1025  # table of the kernel on a uniform grid of the input angle in [0, pi]
-TABLE_ERROR = 1e-9  # bound on the interpolation error, relative to Theta(x, x), for L <= 5
+TABLE_ANGLES = 48  # Chebyshev nodes in the input angle [0, pi] where a table is computed by quadrature
+TABLE_NODES_PER_OCTAVE = 6  # Chebyshev nodes in each log variance (inputs off the sphere), per factor 2
+TABLE_POINTS = 1025  # the uniform grid of the angle on which tables are read (piecewise cubic)
+TABLE_ERROR = 1e-9  # bound on the error of a table, relative to Theta(x, x), for L <= 5
 SPHERE_TOLERANCE = 1e-10  # |x|^2 / D within this of 1 counts as on the sphere
 
 
@@ -308,7 +312,7 @@ def gaussian_expectations(act, q1, q12, q2, angles=ANGLES_PER_ARC, radii=RADII):
 
 
 def infinite_width_kernels(Sigma, q1, q2, L, act, bias):
-    """(Theta, Sigma_{L+1}) by the layer recursion at the top of this section.
+    """(Theta, Sigma_{L+1}) by the layer recursion at the top of this section, every pair by quadrature.
 
     Sigma = x.x' / D on the pairs; q1 = |x|^2 / D and q2 = |x'|^2 / D, the variances
     of the two points (arrays that broadcast with Sigma), follow the same recursion.
@@ -323,49 +327,124 @@ def infinite_width_kernels(Sigma, q1, q2, L, act, bias):
     return theta, Sigma
 
 
+# Tables: a kernel computed by quadrature at Chebyshev nodes, and read by interpolation.
+
+
+def chebyshev_nodes(n, low, high):
+    """The n Chebyshev points of [low, high] (host array)."""
+    return (low + high) / 2 + (high - low) / 2 * np.cos(math.pi * (np.arange(n) + 0.5) / n)
+
+
+def chebyshev_basis(x, n, low, high):
+    """T_0 .. T_{n-1} at the points x of [low, high], shape x.shape + (n,)."""
+    xp = lf.array_module(x)
+    t = (2 * x - (low + high)) * (1.0 / (high - low))
+    T = [xp.ones_like(t), t]
+    for _ in range(n - 2):
+        T.append(2 * t * T[-1] - T[-2])
+    return xp.stack(T[:n], axis=-1)
+
+
+def chebyshev_coefficients(values, low, high, axis):
+    """The coefficients along `axis` of the Chebyshev series through values at chebyshev_nodes."""
+    n = values.shape[axis]
+    inverse = np.linalg.inv(chebyshev_basis(chebyshev_nodes(n, low, high), n, low, high))
+    return np.moveaxis(np.tensordot(inverse, values, axes=(1, axis)), 0, axis)
+
+
 def cubic_pieces(values):
-    """The coefficients (4, n - 1) of 1, s, s^2, s^3 on each interval [i, i + 1] of a table of n
-    values, s = position - i: the cubic through the four nearest points (i - 1 .. i + 2, shifted
-    inwards at the two ends). Its error is about 0.02 step^4 |f''''|."""
-    n = len(values)
+    """The coefficients (..., 4, n - 1) of 1, s, s^2, s^3 on each interval [i, i + 1] of a table of
+    n values along the last axis, s = position - i: the cubic through the four nearest points
+    (i - 1 .. i + 2, shifted inwards at the two ends). Its error is about 0.02 step^4 |f''''|."""
+    n = values.shape[-1]
     interval = np.arange(n - 1)[:, None]
     points = np.clip(interval - 1, 0, n - 4) + np.arange(4)
-    vandermonde = (points - interval)[:, :, None] ** np.arange(4.0)
-    return np.linalg.solve(vandermonde, values[points][:, :, None])[:, :, 0].T.copy()
+    inverse = np.linalg.inv((points - interval)[:, :, None] ** np.arange(4.0))
+    return np.einsum("ikm,...im->...ki", inverse, values[..., points])
 
 
-@dataclass
-class KernelTable:
-    """Theta and the NNGP kernel of unit-variance inputs as piecewise cubics in the input angle
-    arccos(x.x'/D), on a uniform grid of [0, pi] with spacing `step` (see cubic_pieces)."""
+def angle_pieces(values):
+    """Cubic pieces on TABLE_POINTS uniform angles in [0, pi] from values at TABLE_ANGLES Chebyshev
+    angles (last axis): the Chebyshev interpolant read on the uniform grid."""
+    grid = np.linspace(0.0, math.pi, TABLE_POINTS)
+    coefficients = chebyshev_coefficients(values, 0.0, math.pi, -1)
+    return cubic_pieces(coefficients @ chebyshev_basis(grid, TABLE_ANGLES, 0.0, math.pi).T)
 
-    step: float
-    theta: np.ndarray
-    nngp: np.ndarray
+
+def interpolate(pieces, cosine):
+    """The piecewise cubics `pieces` (4, n), or one per row of cosine (rows, 4, n), at the angles arccos(cosine)."""
+    xp = lf.array_module(cosine)
+    n = pieces.shape[-1]
+    position = xp.arccos(xp.clip(cosine, -1.0, 1.0)) * (n / math.pi)
+    i = xp.minimum(position.astype(np.int64), n - 1)
+    s = position - i
+    if pieces.ndim == 3:
+        i += xp.arange(len(pieces))[:, None] * (4 * n)
+    flat = pieces.reshape(-1)
+    value = xp.take(flat, i + 3 * n)
+    for k in (2, 1, 0):
+        value *= s
+        value += xp.take(flat, i + k * n)
+    return value
 
 
 @functools.cache
-def kernel_table(L, act, bias):
-    """The KernelTable of (L, act, bias), computed once (host arrays).
+def sphere_table(L, act, bias):
+    """Theta and the NNGP kernel of inputs of norm sqrt(D) as cubic pieces (2, 4, TABLE_POINTS - 1) in the
+    input angle (host array), computed once.
 
-    The kernel is tabulated against the angle rather than the cosine: it is smooth in
-    the angle up to 0 and pi, where ReLU's is not in the cosine (arc-cosine kernels).
+    Tabulated against the angle, not the cosine: the kernel is smooth in the angle up to 0 and pi,
+    where ReLU's is not in the cosine (arc-cosine kernels).
     """
-    angles = np.linspace(0.0, math.pi, TABLE_POINTS)
-    theta, nngp = infinite_width_kernels(np.cos(angles), 1.0, 1.0, L, act, bias)
-    return KernelTable(float(angles[1]), cubic_pieces(theta), cubic_pieces(nngp))
+    angles = chebyshev_nodes(TABLE_ANGLES, 0.0, math.pi)
+    return angle_pieces(np.stack(infinite_width_kernels(np.cos(angles), 1.0, 1.0, L, act, bias)))
 
 
-def interpolate(pieces, step, cosine):
-    """The piecewise cubic `pieces` (on the device of `cosine`) at the angles arccos(cosine)."""
-    xp = lf.array_module(cosine)
-    position = xp.arccos(xp.clip(cosine, -1.0, 1.0)) * (1.0 / step)
-    i = xp.minimum(position.astype(np.int64), pieces.shape[1] - 1)
-    s = position - i
-    value = xp.take(pieces[3], i)
-    for k in (2, 1, 0):
-        value *= s
-        value += xp.take(pieces[k], i)
+def octaves(q_min, q_max):
+    """The whole powers of 2 (a, b) with 2^a <= q_min and q_max <= 2^b, b > a: the range of a variance_table."""
+    low = math.floor(math.log2(q_min))
+    return low, max(math.ceil(math.log2(q_max)), low + 1)
+
+
+def log_variance_nodes(octave_range):
+    """How many Chebyshev nodes a variance_table has in each log variance."""
+    return TABLE_NODES_PER_OCTAVE * (octave_range[1] - octave_range[0]) + 4
+
+
+def table_pairs(octave_range):
+    """How many pairs a variance_table computes by quadrature (its nodes, by the symmetry of the pair)."""
+    n = log_variance_nodes(octave_range)
+    return n * (n + 1) // 2 * TABLE_ANGLES
+
+
+@functools.cache
+def variance_table(L, act, bias, octave_range):
+    """Theta and the NNGP kernel of inputs with variances |x|^2 / D in [2^a, 2^b], (a, b) = octave_range:
+    Chebyshev coefficients in the two log variances (TABLE_NODES_PER_OCTAVE (b - a) + 4 nodes each) and
+    cubic pieces in the angle, an array (2, n, n, 4, TABLE_POINTS - 1), with the range [low, high] of the
+    log variances."""
+    low, high = (k * math.log(2) for k in octave_range)
+    n = log_variance_nodes(octave_range)
+    q = np.exp(chebyshev_nodes(n, low, high))
+    cosine = np.cos(chebyshev_nodes(TABLE_ANGLES, 0.0, math.pi))
+    i, j = np.triu_indices(n)
+    values = np.empty((2, n, n, TABLE_ANGLES))
+    values[:, i, j] = np.stack(infinite_width_kernels(np.sqrt(q[i] * q[j])[:, None] * cosine, q[i][:, None],
+                                                      q[j][:, None], L, act, bias))
+    values[:, j, i] = values[:, i, j]
+    coefficients = chebyshev_coefficients(chebyshev_coefficients(values, low, high, 1), low, high, 2)
+    return angle_pieces(coefficients), (low, high)
+
+
+def interpolate_variances(pieces, low, high, s1, s2, cosine):
+    """sum_k sum_l T_k(s1_i) T_l(s2_j) c_kl(angle_ij) for pieces (n, n, 4, m) of variance_table:
+    Chebyshev in the log variances s1, s2, cubic in the angle."""
+    n, m = pieces.shape[0], pieces.shape[-1]
+    T1, T2 = (chebyshev_basis(s, n, low, high) for s in (s1, s2))
+    value = 0.0
+    for l in range(n):
+        rows = (T1 @ pieces[:, l].reshape(n, 4 * m)).reshape(len(s1), 4, m)
+        value = value + T2[:, l] * interpolate(rows, cosine)
     return value
 
 
@@ -405,38 +484,45 @@ def check_infinite_width_input(x1, x2, L, act, bias):
         raise ValueError(f"bias must be a finite number >= 0 (0 disables biases), got {bias!r}")
 
 
-def on_sphere(x):
-    """Whether every row of x has |x|^2 / D = 1 (within SPHERE_TOLERANCE)."""
-    xp = lf.array_module(x)
-    return bool(xp.all(xp.abs(xp.sum(x * x, axis=1) / x.shape[1] - 1) <= SPHERE_TOLERANCE))
-
-
 def ntk_infinite(x1, x2=None, *, L, act="softplus", bias=0.0, nngp=False, chunk=1024):
     """The NTK Theta(x1_i, x2_j) of lazyfeat.FC(D, h, L, act, bias) at h = infinity, (n1, n2)
     (x2 = x1 when omitted); with nngp=True the pair (Theta, NNGP kernel Sigma_{L+1}).
 
-    It follows the recursion at the top of this section. When every input has norm sqrt(D)
-    the kernel is read from kernel_table(L, act, bias) (built once, on the host) at the cosines
-    x.x'/D, to within TABLE_ERROR x Theta(x, x); otherwise every pair is computed by quadrature
-    (`gaussian_expectations`, to QUADRATURE_ERROR per expectation; far slower). Inputs on the
-    GPU stay there; the result is float64 on their device.
+    It follows the recursion at the top of this section. When every input has norm sqrt(D), the
+    kernel is read from sphere_table(L, act, bias) at the angles of the pairs. Otherwise it is read
+    from variance_table at their angles and log variances, or, when there are fewer pairs than that
+    table has nodes (or an input is 0), every pair is computed by quadrature (`infinite_width_kernels`,
+    each expectation to QUADRATURE_ERROR, about 1 ms per pair and layer). Tables are built once on
+    the host and hold to TABLE_ERROR x Theta(x, x). ReLU's kernel has a square root at cosine 1
+    (arc-cosine kernels), so there a rounding error eps of the cosine moves it by about sqrt(eps)
+    ~ 1e-8, whatever the method. Inputs on the GPU stay there; the result is float64 on their device.
     """
     check_infinite_width_input(x1, x2, L, act, bias)
     xp = lf.array_module(x1)
     x1 = xp.asarray(x1, dtype=xp.float64)
     x2 = None if x2 is None else xp.asarray(x2, dtype=xp.float64)
-    D = x1.shape[1]
-    if on_sphere(x1) and (x2 is None or on_sphere(x2)):
-        table = kernel_table(L, act, float(bias))
-        pieces = [xp.asarray(table.theta)] + ([xp.asarray(table.nngp)] if nngp else [])
+    D, bias, which = x1.shape[1], float(bias), slice(0, 2 if nngp else 1)
+    q = xp.sum(x1 * x1, axis=1) / D if x2 is None else xp.concatenate([xp.sum(x * x, axis=1) / D for x in (x1, x2)])
+    pairs = len(x1) * len(x1 if x2 is None else x2)
+    q_min, q_max = lf.to_host(q.min(), q.max())
+    if 1 - SPHERE_TOLERANCE <= q_min and q_max <= 1 + SPHERE_TOLERANCE:
+        pieces = xp.asarray(sphere_table(L, act, bias)[which])
 
         def block(a, b):
             cosine = a @ b.T * (1.0 / D)
-            return xp.stack([interpolate(p, table.step, cosine) for p in pieces])
+            return xp.stack([interpolate(p, cosine) for p in pieces])
+    elif q_min > 0 and pairs > table_pairs(octaves(q_min, q_max)):
+        table, (low, high) = variance_table(L, act, bias, octaves(q_min, q_max))
+        pieces = xp.asarray(table[which])
+
+        def block(a, b):
+            qa, qb = xp.sum(a * a, axis=1) / D, xp.sum(b * b, axis=1) / D
+            cosine = a @ b.T / xp.sqrt(qa[:, None] * qb[None, :]) * (1.0 / D)
+            return xp.stack([interpolate_variances(p, low, high, xp.log(qa), xp.log(qb), cosine) for p in pieces])
     else:
         def block(a, b):
-            kernels = infinite_width_kernels(a @ b.T * (1.0 / D), xp.sum(a * a, axis=1)[:, None] / D,
-                                             xp.sum(b * b, axis=1)[None, :] / D, L, act, bias)
-            return xp.stack(kernels[:2 if nngp else 1])
+            kernel = infinite_width_kernels(a @ b.T * (1.0 / D), xp.sum(a * a, axis=1)[:, None] / D,
+                                            xp.sum(b * b, axis=1)[None, :] / D, L, act, bias)
+            return xp.stack(kernel[which])
     out = gram_blocks(x1, x2, block, 2 if nngp else 1, lf.check_int("chunk", chunk))
     return (out[0], out[1]) if nngp else out[0]

@@ -352,121 +352,231 @@ class Activation(Layer):
         return g * slope
 
 
-class ChannelsLast(Layer):
-    """(n, C, H, W) images -> (n, H, W, C), the layout every conv layer works in.
+def conv_output_size(size, k, stride, pad):
+    """Positions along one axis: (size + 2 pad - k) // stride + 1."""
+    return (size + 2 * pad - k) // stride + 1
 
-    With channels last, each row of a k x k patch is k C contiguous numbers, so the
-    patches of all positions are gathered by one strided copy, and a convolution is
-    one matrix product. It is always the first layer, so it needs no backward pass.
+
+# How many positions (rows of columns) a block multiplies at once. On the CPU, a product of at most
+# 10^6 multiply-adds: OpenBLAS computes it with its small-matrix kernels, on one core from the cache
+# (60-77 GFLOP/s measured here, against 25-35 for one large product) and without handing work to a
+# second thread, which stalls whenever other processes keep the cores busy. On a GPU, a bound on memory.
+CPU_BLOCK_MULTIPLY_ADDS = 10**6
+GPU_BLOCK_BYTES = 1 << 28
+
+
+def max_block_positions(xp, fan_in, width):
+    """The most positions (rows) of a block's product (positions, fan_in) @ (fan_in, width), at least 1."""
+    if xp.__name__ == "numpy":
+        return max(1, CPU_BLOCK_MULTIPLY_ADDS // (fan_in * width))
+    return max(1, GPU_BLOCK_BYTES // (8 * (fan_in + width)))
+
+
+def blocks(S, n, OH, OW, max_positions):
+    """(members, samples, image rows) slices that cover S x n x OH, each block at most max_positions positions.
+
+    A block takes image rows (of OW positions) of one sample, as many as fit (at least one); when
+    all OH fit, as many whole samples as fit; when all n fit, as many members as fit.
+    """
+    rows = max(1, min(OH, max_positions // OW))
+    samples = max(1, min(n, max_positions // (OH * OW))) if rows == OH else 1
+    members = max(1, min(S, max_positions // (n * OH * OW))) if samples == n else 1
+    return [(slice(s, s + members), slice(i, i + samples), slice(r, r + rows))
+            for s in range(0, S, members) for i in range(0, n, samples) for r in range(0, OH, rows)]
+
+
+def pad_positions(a, pad):
+    """Zero padding of `pad` on both sides of the two position axes of (..., H, W, C)."""
+    xp = array_module(a)
+    return xp.pad(a, [(0, 0)] * (a.ndim - 3) + [(pad, pad), (pad, pad), (0, 0)])
+
+
+def patches(a, taps, stride, tap_stride, out_size):
+    """The view (..., OH, OW, kh, kw, C) of a (..., H, W, C): patch[oh, ow, i, j] = a[stride oh + tap_stride i,
+    stride ow + tap_stride j]. No copy; with tap_stride 1 each patch row of kw*C numbers is contiguous."""
+    xp = array_module(a)
+    sh, sw, sc = a.strides[-3:]
+    shape = a.shape[:-3] + tuple(out_size) + tuple(taps) + a.shape[-1:]
+    strides = a.strides[:-3] + (stride * sh, stride * sw, tap_stride * sh, tap_stride * sw, sc)
+    return xp.lib.stride_tricks.as_strided(a, shape, strides)
+
+
+def column_blocks(view, width):
+    """Yield (block, columns) from a patch view: block = (members, samples, rows) as from `blocks`.
+
+    The view is per member, (S, n, OH, OW, kh, kw, C), or shared, (n, OH, OW, kh, kw, C) (its
+    blocks then take all members: slice(None)). The columns are the block's patches copied into a
+    matrix, one row per position, in the order (i, j, c): (members, nb*rows*OW, kh*kw*C), or
+    (nb*rows*OW, kh*kw*C) for a shared view; `width` is the number of columns of the caller's
+    product with them.
+    """
+    xp, shared = array_module(view), view.ndim == 6
+    S, n = (1, view.shape[0]) if shared else view.shape[:2]
+    (OH, OW), fan_in = view.shape[-5:-3], view.shape[-3] * view.shape[-2] * view.shape[-1]
+    for members, samples, rows in blocks(S, n, OH, OW, max_block_positions(xp, fan_in, width)):
+        if shared:
+            yield (slice(None), samples, rows), view[samples, rows].reshape(-1, fan_in)
+        else:
+            cols = view[members, samples, rows]
+            yield (members, samples, rows), cols.reshape(len(cols), -1, fan_in)
+
+
+def correlate(view, F, out):
+    """out[s, m, oh, ow, :] = sum_{i,j,c} patch[s, m, oh, ow, i, j, c] F[s, (i, j, c), :], F of shape (S, kh*kw*C, O).
+
+    The patch view is per member, (S, n, OH, OW, kh, kw, C), or shared, (n, OH, OW, kh, kw, C). Per
+    block, one product columns @ F, batched over the block's members; for a shared view, one
+    product with all members' filters side by side, (kh*kw*C, S*O). Returns out, (S, n, OH, OW, O).
+    """
+    xp = array_module(view)
+    S, fan_in, O = F.shape
+    shared = view.ndim == 6
+    if shared:
+        F = xp.ascontiguousarray(F.transpose(1, 0, 2)).reshape(fan_in, S * O)
+    for (members, samples, rows), cols in column_blocks(view, F.shape[-1]):
+        block = out[members, samples, rows]
+        if shared:
+            block[...] = (cols @ F).reshape(block.shape[1:4] + (S, O)).transpose(3, 0, 1, 2, 4)
+        else:
+            block[...] = xp.matmul(cols, F[members]).reshape(block.shape)
+    return out
+
+
+class ChannelsLast(Layer):
+    """Images (..., C, H, W) -> (..., H, W, C), the layout every conv layer works in.
+
+    With channels last, the k x k patch of one position is k rows of k C contiguous
+    numbers. It is always the first layer, so it needs no backward pass. The shared
+    input (n, C, H, W) stays without a member axis: the first Conv multiplies it by
+    all members' filters at once.
     """
 
     def forward(self, params, x):
         return array_module(x).moveaxis(x, -3, -1), None
 
 
-def conv_output_size(size, k, stride, pad):
-    """Positions along one axis: (size + 2 pad - k) // stride + 1."""
-    return (size + 2 * pad - k) // stride + 1
-
-
-def patches(a, k, stride, pad):
-    """(..., n, H, W, C) -> columns (..., n*OH*OW, k*k*C), ordered (i, j, c) within a patch.
-
-    Row (n, oh, ow) holds the k x k patch of the zero-padded input whose top-left
-    corner is (stride*oh, stride*ow): a strided view of the padded input, copied once.
-    """
-    xp = array_module(a)
-    *lead, n, H, W, C = a.shape
-    OH, OW = conv_output_size(H, k, stride, pad), conv_output_size(W, k, stride, pad)
-    padded = xp.zeros((*lead, n, H + 2 * pad, W + 2 * pad, C), dtype=a.dtype)
-    padded[..., pad:pad + H, pad:pad + W, :] = a
-    *s_lead, s_n, s_h, s_w, s_c = padded.strides
-    view = xp.lib.stride_tricks.as_strided(
-        padded, (*lead, n, OH, OW, k, k, C), (*s_lead, s_n, stride * s_h, stride * s_w, s_h, s_w, s_c))
-    return view.reshape(*lead, n * OH * OW, k * k * C)
-
-
 class Conv(Layer):
-    """z = W * a / sqrt(C k^2): a k x k convolution, zero padding `pad`, no bias.
+    """z = W * a / sqrt(C k^2): a k x k cross-correlation, zero padding `pad` < k, stride `stride`, no bias.
 
-    W has shape (out_ch, in_ch, k, k) per member; activations are (S, n, H, W, C).
+    Per member, W has shape (out_ch, in_ch, k, k), W ~ N(0, 1); the ensemble stacks them to
+    (S, out_ch, in_ch, k, k). The input is shared, (n, H, W, C), or per member, (S, n, H, W, C);
+    the output is (S, n, OH, OW, out_ch). The cache is the padded input.
     """
 
     def __init__(self, in_ch, out_ch, stride, k=5, pad=1):
+        if not 0 <= pad < k:
+            raise ValueError(f"Conv needs 0 <= pad < k (wider padding only adds outputs that see zeros), "
+                             f"got pad={pad}, k={k}")
         self.in_ch, self.out_ch, self.stride, self.k, self.pad = in_ch, out_ch, stride, k, pad
         self.fan_in = in_ch * k * k
 
     def shapes(self):
         return [(self.out_ch, self.in_ch, self.k, self.k)]
 
-    def matrix(self, W):
-        """The filters as matrices (S, k*k*C, out), rows ordered (i, j, c) like the patches."""
-        return W.transpose(0, 3, 4, 2, 1).reshape(len(W), self.fan_in, self.out_ch)
+    def patches(self, a_pad):
+        """The patch view (..., n, OH, OW, k, k, C) of a padded input, OH = (H + 2 pad - k) // stride + 1."""
+        out_size = [conv_output_size(size - 2 * self.pad, self.k, self.stride, self.pad) for size in a_pad.shape[-3:-1]]
+        return patches(a_pad, (self.k, self.k), self.stride, 1, out_size)
+
+    def filters(self, W):
+        """(S, O, C, k, k) -> (S, k*k*C, O) / sqrt(C k^2), the rows ordered (i, j, c) like the columns.
+
+        Made contiguous: OpenBLAS's small-matrix kernels are slower on a transposed operand.
+        """
+        F = W.transpose(0, 3, 4, 2, 1).reshape(W.shape[0], self.fan_in, self.out_ch) * (1.0 / math.sqrt(self.fan_in))
+        return array_module(W).ascontiguousarray(F)
 
     def forward(self, params, a):
-        """z[s] = patches(a[s]) W[s] / sqrt(C k^2); a shared input is one GEMM against all members' filters."""
-        W = self.matrix(params[0])
-        S = len(W)
-        cols = patches(a, self.k, self.stride, self.pad)
-        *_, n, H, Wd, _ = a.shape
-        OH, OW = (conv_output_size(s, self.k, self.stride, self.pad) for s in (H, Wd))
-        if shared(a, 3):
-            z = (cols @ W.transpose(1, 0, 2).reshape(self.fan_in, S * self.out_ch)).reshape(n, OH, OW, S, self.out_ch)
-            z = array_module(z).moveaxis(z, 3, 0)
-        else:
-            z = (cols @ W).reshape(S, n, OH, OW, self.out_ch)
-        z *= 1.0 / math.sqrt(self.fan_in)
-        return z, (cols, a.shape)
+        if a.shape[-1] != self.in_ch:
+            raise ValueError(f"Conv(in_ch={self.in_ch}) got inputs with {a.shape[-1]} channels on the last axis; "
+                             "conv layers take channels-last activations (..., H, W, C)")
+        xp, a_pad, F = array_module(a), pad_positions(a, self.pad), self.filters(params[0])
+        view = self.patches(a_pad)
+        z = xp.empty((F.shape[0],) + view.shape[-6:-3] + (self.out_ch,), dtype=a.dtype)
+        return correlate(view, F, z), a_pad
 
-    def backward_input(self, params, cache, g):
-        """The transposed convolution: d cols = g W^T (one GEMM), each patch's gradient added back where it came from."""
+    def backward_params(self, params, a_pad, g):
+        """dW[s] = sum over samples and positions of g[s] (x) patch / sqrt(C k^2): columns^T @ g, block by block."""
         xp = array_module(g)
-        _, (S, n, H, Wd, C) = cache
-        k, s, pad = self.k, self.stride, self.pad
-        OH, OW = g.shape[2:4]
-        dcols = (g.reshape(S, -1, self.out_ch) @ self.matrix(params[0]).transpose(0, 2, 1)).reshape(S, n, OH, OW, k, k, C)
-        padded = xp.zeros((S, n, H + 2 * pad, Wd + 2 * pad, C), dtype=g.dtype)
-        for i in range(k):
-            for j in range(k):
-                padded[:, :, i:i + s * OH:s, j:j + s * OW:s, :] += dcols[:, :, :, :, i, j, :]
-        return padded[:, :, pad:pad + H, pad:pad + Wd, :] * (1.0 / math.sqrt(self.fan_in))
+        S, O, shared = g.shape[0], self.out_ch, a_pad.ndim == 4
+        dF = xp.zeros((S, self.fan_in, O), dtype=g.dtype)
+        for (members, samples, rows), cols in column_blocks(self.patches(a_pad), S * O if shared else O):
+            g_block = g[members, samples, rows]
+            if shared:
+                g_all = xp.moveaxis(g_block, 0, -2).reshape(len(cols), S * O)
+                dF += (cols.T @ g_all).reshape(self.fan_in, S, O).transpose(1, 0, 2)
+            else:
+                dF[members] += xp.matmul(cols.transpose(0, 2, 1), g_block.reshape(len(g_block), -1, O))
+        dF *= 1.0 / math.sqrt(self.fan_in)
+        dW = dF.reshape(S, self.k, self.k, self.in_ch, O).transpose(0, 4, 3, 1, 2)
+        return [xp.ascontiguousarray(dW)]
 
-    def backward_params(self, params, cache, g):
-        """dW[s] = patches(a[s])^T g[s] / sqrt(C k^2), back in the (out, in, k, k) layout."""
-        cols, _ = cache
-        S = len(g)
-        g = g.reshape(S, -1, self.out_ch)
-        if cols.ndim == 2:
-            dW = (cols.T @ g.transpose(1, 0, 2).reshape(len(cols), S * self.out_ch)).reshape(self.fan_in, S, self.out_ch)
-            dW = array_module(dW).moveaxis(dW, 1, 0)
-        else:
-            dW = cols.transpose(0, 2, 1) @ g
-        dW = dW.reshape(S, self.k, self.k, self.in_ch, self.out_ch).transpose(0, 4, 3, 1, 2)
-        return [dW * (1.0 / math.sqrt(self.fan_in))]
+    def backward_input(self, params, a_pad, g):
+        """The transposed convolution da[y] = sum over (oh, i) with stride oh + i = y + pad of g[oh] W[i] / sqrt(C k^2).
 
-    def jacobian(self, params, cache, g):
-        """Per-sample df(x_n)/dW = sum over positions of g x patch, shape (S, n, out * in * k * k)."""
-        cols, (*_, n, _, _, _) = cache
-        S = len(g)
-        g_n = g.reshape(S, n, -1, self.out_ch).transpose(0, 1, 3, 2)  # (S, n, out, Q)
-        cols_n = cols.reshape(*cols.shape[:-2], n, -1, self.fan_in)  # ([S,] n, Q, k k C)
-        J = (g_n @ cols_n).reshape(S, n, self.out_ch, self.k, self.k, self.in_ch).transpose(0, 1, 2, 5, 3, 4)
-        return J.reshape(S, n, -1) * (1.0 / math.sqrt(self.fan_in))
+        (Written for one axis; the same holds along both.) It is a convolution too: spread g with
+        stride - 1 zeros between positions and k - 1 - pad zeros around them, then correlate at
+        stride 1 with the flipped filter W'[i, j, o, c] = W[o, c, k-1-i, k-1-j]. For stride > 1 most
+        of the spread is zero, so each phase (y mod stride, x mod stride) of da reads only the taps
+        that land on g: every stride-th tap, from the first that does.
+        """
+        xp = array_module(g)
+        S, n, OH, OW, O = g.shape
+        k, s, C = self.k, self.stride, self.in_ch
+        H, W = (size - 2 * self.pad for size in a_pad.shape[-3:-1])
+        edge = k - 1 - self.pad
+        spread = xp.zeros((S, n, H + k - 1, W + k - 1, O), dtype=g.dtype)
+        spread[:, :, edge:edge + s * (OH - 1) + 1:s, edge:edge + s * (OW - 1) + 1:s] = g
+        flipped = params[0][:, :, :, ::-1, ::-1].transpose(0, 3, 4, 1, 2) * (1.0 / math.sqrt(self.fan_in))
+        da = xp.zeros((S, n, H, W, C), dtype=g.dtype)
+        for ry in range(min(s, H)):
+            for rx in range(min(s, W)):
+                i0, j0 = (edge - ry) % s, (edge - rx) % s
+                taps = flipped[:, i0::s, j0::s]
+                if taps.size:
+                    out_size = (len(range(ry, H, s)), len(range(rx, W, s)))
+                    view = patches(spread[:, :, ry + i0:, rx + j0:], taps.shape[1:3], s, s, out_size)
+                    correlate(view, xp.ascontiguousarray(taps).reshape(S, -1, C), da[:, :, ry::s, rx::s])
+        return da
 
-    def ntk(self, params, cache1, g1, cache2, g2):
-        """J1 J2^T with the layer's per-sample Jacobians, built from its patches."""
-        return self.jacobian(params, cache1, g1) @ self.jacobian(params, cache2, g2).transpose(0, 2, 1)
+    def patch_jacobian(self, a_pad, g):
+        """Per-sample df(x_m)/dW[s] = sum over positions of g (x) patch, shape (S, n, O, k*k*C), in patch order (i, j, c)."""
+        xp = array_module(g)
+        S, n, OH, OW, O = g.shape
+        J = xp.zeros((S, n, O, self.fan_in), dtype=g.dtype)
+        for (members, samples, rows), cols in column_blocks(self.patches(a_pad), O):
+            g_block = g[members, samples, rows]
+            positions = g_block.shape[2] * OW
+            cols = cols.reshape(cols.shape[:-2] + (-1, positions, self.fan_in))
+            g_T = xp.ascontiguousarray(g_block.reshape(g_block.shape[:2] + (positions, O)).transpose(0, 1, 3, 2))
+            J[members, samples] += xp.matmul(g_T, cols)
+        J *= 1.0 / math.sqrt(self.fan_in)
+        return J
+
+    def jacobian(self, params, a_pad, g):
+        """Per-sample df(x_m)/dW[s], shape (S, n, O*C*k*k), in the order of W[s].ravel()."""
+        S, n, O = g.shape[0], g.shape[1], self.out_ch
+        J = self.patch_jacobian(a_pad, g).reshape(S, n, O, self.k, self.k, self.in_ch)
+        return J.transpose(0, 1, 2, 5, 3, 4).reshape(S, n, -1)
+
+    def ntk(self, params, a_pad1, g1, a_pad2, g2):
+        """Its contribution J1 J2^T per member, (S, n1, n2); the order of the weights does not matter here."""
+        xp = array_module(g1)
+        S = g1.shape[0]
+        J1 = self.patch_jacobian(a_pad1, g1).reshape(S, g1.shape[1], -1)
+        J2 = J1 if (a_pad2 is a_pad1 and g2 is g1) else self.patch_jacobian(a_pad2, g2).reshape(S, g2.shape[1], -1)
+        return xp.matmul(J1, J2.transpose(0, 2, 1))
 
 
 class GlobalAvgPool(Layer):
     """(S, n, H, W, C) -> (S, n, C): the average of each channel over positions."""
 
     def forward(self, params, a):
-        return a.mean(axis=(2, 3)), a.shape
+        return a.mean(axis=(-3, -2)), a.shape
 
     def backward_input(self, params, shape, g):
-        xp = array_module(g)
-        return xp.broadcast_to(g[:, :, None, None, :] / (shape[2] * shape[3]), shape)
+        H, W = shape[-3:-1]
+        return array_module(g).broadcast_to((g / (H * W))[..., None, None, :], shape)
 
 
 # ---------------------------------------------------------------------------

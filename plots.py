@@ -42,6 +42,11 @@ def reference_slope(ax, x0, y0, slope, x1, label):
     ax.plot(xs, y0 * (xs / x0) ** slope, "k--", lw=1, label=label)
 
 
+def infinite_width_line(ax, error):
+    """The test error of the h = infinity predictor (the lazy limit at infinite width): a dotted line."""
+    ax.axhline(100 * error, color="black", ls=":", lw=1.2, label="h = inf (lazy limit)")
+
+
 def crossover(numbers, title):
     hs, alphas = numbers["h"], numbers["alpha_sqrt_h"]
     fig, (ax_err, ax_rescaled, ax_kc, ax_star) = panels(4, title)
@@ -63,6 +68,7 @@ def crossover(numbers, title):
     ax_star.plot(hs, stars, "o-", label="alpha* (measured)")
     if np.all(np.isfinite(stars)):
         reference_slope(ax_star, hs[0], stars[0], -0.5, hs[-1], "h^(-1/2)")
+    infinite_width_line(ax_err, numbers["h_inf_error"])
     finish_axes(ax_err, ALPHA_SQRT_H, "test error (%)")
     finish_axes(ax_rescaled, ALPHA_SQRT_H, "rescaled test error (err - min)/(max - min)")
     finish_axes(ax_kc, ALPHA_SQRT_H, r"$\|\Theta_{final} - \Theta_0\| / \|\Theta_0\|$", logy=True)
@@ -79,6 +85,10 @@ def regimes(numbers, title):
             ax.errorbar(i + (j - 0.5) * 0.25, errors.mean(), yerr=errors.std(), marker=marker, capsize=3,
                         color=colour(j, 2), label=f"{regime} end" if i == 0 else None)
             ax.plot(np.full(len(errors), i + (j - 0.5) * 0.25), errors, ".", color="grey", ms=3)
+    limits = [(i, numbers[name]["h_inf"]) for i, name in enumerate(names) if "h_inf" in numbers[name]]
+    if limits:
+        positions, errors = zip(*limits)
+        ax.plot(np.array(positions) + 0.3, 100 * np.array(errors), "k*", ms=9, label="h = inf (lazy limit)")
     finish_axes(ax, "", "test error (%)", logx=False, fontsize=8)
     ax.set_xticks(range(len(names)))  # after the scales, which reset the ticks
     ax.set_xticklabels([f"{n}\n(paper: {numbers[n]['paper']})" for n in names], fontsize=8)
@@ -100,6 +110,7 @@ def fluctuations(numbers, title):
     reference_slope(ax_var, hs[0], var0, -1.0, hs[-1], "1/h")
     finish_axes(ax_hvar, ALPHA_SQRT_H, r"$h\,\mathrm{Var}_{seeds} F$", logy=True)
     finish_axes(ax_var, "h", r"$\mathrm{Var}_{seeds} F$", logy=True)
+    infinite_width_line(ax_ens, numbers["h_inf_error"])
     finish_axes(ax_ens, "h", "test error (%)")
     return fig
 
@@ -131,6 +142,7 @@ def kernels(numbers, title):
         for j, (kind, style) in enumerate((("network", "o-"), ("init_kernel", "s--"), ("final_kernel", "^--"))):
             ax.plot(alphas, 100 * np.array(numbers["errors"][h][kind]), style, color=colour(j, 3),
                     label=kind.replace("_", " "))
+        infinite_width_line(ax, numbers["h_inf_error"])
         finish_axes(ax, ALPHA_SQRT_H, f"test error (%), h = {h}", fontsize=8)
     return fig
 

@@ -169,6 +169,10 @@ def add_bench(sub):
     parser.add_argument("--steps", type=positive_int, default=500, help="accepted steps to time (default 500)")
     parser.add_argument("--jacobian-points", type=positive_int, default=128,
                         help="points for the FC Jacobian-method NTK (default 128)")
+    parser.add_argument("--suite", choices=["engine", "device"], default="engine",
+                        help="engine: the benchmarks below (default); device: an ensemble of 64 FC nets (h=100, "
+                             "p=10 000) against one net on the device and on the CPU, and a paper-scale subset "
+                             "with the projected wall of each finding (for a GPU: .ci/device)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per benchmark")
     parser.set_defaults(command=command_bench)
 
@@ -189,6 +193,17 @@ def format_bench(row):
         return (f"ensemble  {row['case']:<34} {row['ensemble_per_s']:9.0f} member-steps/s together, "
                 f"{row['solo_per_s']:.0f} one at a time: {row['speedup']:.2f}x "
                 f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'})")
+    if row["bench"] == "throughput":
+        return (f"throughput {row['case']:<44} {row['per_s']:9.1f} member-steps/s "
+                f"({row['member_steps']} in {row['seconds']:.1f} s)")
+    if row["bench"] == "projection":
+        hours = ", ".join(f"{name} {h:.1f} h" for name, h in row["projected_hours"].items())
+        return (f"projection {row['case']:<44} {row['member_steps_per_s']:9.1f} member-steps/s, "
+                f"{row['fitted']} of {row['members']} fitted in {row['seconds']:.0f} s, {row['steps_per_run']} "
+                f"steps per run; paper scale: {hours}")
+    if row["bench"] == "infinite":
+        return (f"infinite  {row['case']:<34} table {row['build_s']:.2f} s, then lookup {row['lookup_s']:.2f} s   "
+                f"table error {row['table_error']:.1e}, against direct quadrature {row['direct_error']:.1e}")
     return (f"ntk       {row['case']:<48} {row['ms']:9.0f} ms   peak {row['peak_mb']:8.0f} MB   "
             f"{row['over_forward_backward']:.2f} x forward+backward")
 
@@ -198,7 +213,9 @@ def command_bench(args):
     import lazyfeat as lf
 
     lf.backend(args.device)
-    for row in bench.all_benchmarks(args.device, args.dtype, args.steps, args.jacobian_points):
+    rows = (bench.device_benchmarks(args.device, args.dtype) if args.suite == "device"
+            else bench.all_benchmarks(args.device, args.dtype, args.steps, args.jacobian_points))
+    for row in rows:
         print(json.dumps(row) if args.json else format_bench(row), flush=True)
 
 

@@ -154,7 +154,8 @@ def below(quantity, measured, interval, bound, paper, note=""):
         return unmeasured(quantity, measured, interval, paper, note)
     low, high = interval
     holds = True if high < bound else False if low >= bound else None
-    return Claim(quantity, measured, low, high, paper, holds, note)
+    return Claim(quantity, measured, low, high, paper, holds,
+                 note or ("the interval contains the bound" if holds is None else ""))
 
 
 def sign_claim(quantity, measured, interval, expected_sign, paper, note=""):

@@ -25,6 +25,12 @@ def noise(c, salt=0):
     return rng.standard_normal()
 
 
+def width_term(h, holds):
+    """The part of a test error that depends on the width: 0.04 / sqrt(h) when the paper holds (finite h
+    approaches h = infinity), else 0.005 ln h (moving away from it)."""
+    return 0.04 / math.sqrt(h) if holds else 0.005 * math.log(h)
+
+
 def result(c, test_error, records=None, **fields):
     """A result dict with the fields of experiments.fit."""
     records = records or [{"t": 0.0, "loss": 1.0, "F_rms": 0.0}]
@@ -39,14 +45,15 @@ def result(c, test_error, records=None, **fields):
 
 def crossover(c, holds):
     """holds: kernel change 30 a^(-4/3) for a = alpha sqrt(h) < 1, 30 / a above (alpha* sqrt(h) = 30 for
-    every h), test error a function of a alone. Else: kernel change (alpha / 1000)^(-1/2) and the error a
-    function of alpha = a / sqrt(h): no collapse, slopes -1/2, alpha* = 1000 for every h."""
+    every h), test error a function of a (plus width_term). Else: kernel change (alpha / 1000)^(-1/2) and
+    the error a function of alpha = a / sqrt(h): no collapse, slopes -1/2, alpha* = 1000 for every h."""
     a, alpha = c["alpha_sqrt_h"], c["alpha_sqrt_h"] / math.sqrt(c["h"])
     if holds:
         change, error = (30 * a ** (-4 / 3) if a < 1 else 30 / a), 0.10 + 0.05 / (1 + a / 30)
     else:
         change, error = (alpha / 1000) ** -0.5, 0.10 + 0.05 / (1 + alpha / 3)
-    return result(c, error + 0.001 * noise(c, 1), kernel_change=change * math.exp(0.05 * noise(c, 2)))
+    return result(c, error + width_term(c["h"], holds) + 0.001 * noise(c, 1),
+                  kernel_change=change * math.exp(0.05 * noise(c, 2)))
 
 
 # ---------------------------------------------------------------------------
@@ -58,11 +65,11 @@ PAPER_WINNER = {part: winner for part, _, winner in findings.REGIME_PARTS}
 
 def regimes(c, holds):
     """The paper's winner of the part of the config (FC on images: lazy; on PCA and CNN: feature) has
-    error 0.10, the other end 0.15 (swapped when not holds), plus noise 0.003."""
+    error 0.10, the other end 0.15 (swapped when not holds), plus width_term and noise 0.003."""
     part = "cnn" if c["arch"] == "cnn" else "pca" if c["pca"] else "fc"
     regime = "lazy" if c["alpha_sqrt_h"] >= 100 else "feature"
     better = (regime == PAPER_WINNER[part]) == holds
-    return result(c, (0.10 if better else 0.15) + 0.003 * noise(c))
+    return result(c, (0.10 if better else 0.15) + width_term(c["h"], holds) + 0.003 * noise(c))
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +144,7 @@ def kernels(c, holds):
     """holds: at the lazy end the init. kernel error equals the network's (+- 0.05 %), at the feature
     end the final kernel is within 0.2 % of the network and the init. kernel 3 % off. Else: init.
     kernel 2 % off at the lazy end, and at the feature end the final kernel 3 % off, the init. close."""
-    network = 0.12 + 0.003 * noise(c, 1)
+    network = 0.12 + width_term(c["h"], holds) + 0.003 * noise(c, 1)
     if c["alpha_sqrt_h"] >= 100:
         init = network + (0.0005 * noise(c, 2) if holds else 0.02)
         final = network + 0.001 * noise(c, 3)

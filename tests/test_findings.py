@@ -140,9 +140,10 @@ def test_timescale_without_a_feature_side_says_so():
 
 def test_crossover_with_one_width_leaves_the_width_claims_undecided():
     claims = verdicts_of(run_planted("crossover", h=[16]))
-    assert claims["exponent of alpha* against h"][0] is None
-    assert claims["exponent of alpha* against h"][-1] == "only 1 width h whose kernel change crosses 1 in this sweep (needs 2)"
-    assert claims["kernel change: spread against alpha sqrt(h) / against alpha"][-1] == "only 1 width h in this sweep (needs 2)"
+    holds, *_, note = claims["exponent of alpha* against h"]
+    assert holds is None and note == "only 1 width h whose kernel change crosses 1 in this sweep (needs 2)"
+    holds, *_, note = claims["kernel change: spread against alpha sqrt(h) / against alpha"]
+    assert holds is None and note == "only 1 width h in this sweep (needs 2)"
     assert claims["alpha* sqrt(h) where kernel change = 1, h=16"][0] is True
 
 
@@ -193,6 +194,11 @@ def test_overrides_reach_every_part_that_has_the_key_and_unknown_keys_fail():
         findings.sizes_for("regimes", "quick", {"bisect_steps": 3})
 
 
+def test_an_override_named_like_a_part_sets_the_key_inside_the_part_and_keeps_the_part():
+    sizes = findings.sizes_for("regimes", "quick", {"pca": 20})
+    assert isinstance(sizes["pca"], dict) and sizes["pca"]["pca"] == 20 and sizes["pca"]["L"] == 5
+
+
 CROSSOVER_COMMAND = [sys.executable, str(ROOT / "run.py"), "crossover", "--dataset", "sphere", "--d", "5",
                      "--p", "30", "--p-test", "60", "--L", "2", "--h", "8,16,32", "--alpha-sqrt-h", "0.01,1,100,10000",
                      "--seeds", "3", "--kernel-points", "15", "--set", "bisect_steps=0", "--no-progress"]
@@ -223,10 +229,10 @@ def test_a_killed_finding_resumes_computing_only_the_missing_runs(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = stored(results)
-    assert 8 <= len(before) < 36, "the kill must land part way through the 36 runs"
+    assert 8 <= len(before) < 37, "the kill must land part way through the 36 runs and the h = inf predictor"
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
     after = stored(results)
-    assert len(after) == 36
+    assert len(after) == 37
     assert all(after[name] == before[name] for name in before)  # untouched: not recomputed
     fresh = tmp_path / "fresh"
     subprocess.run(CROSSOVER_COMMAND + ["--results", str(fresh), "--figures", str(tmp_path / "f2")], cwd=ROOT,

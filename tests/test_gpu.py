@@ -1,4 +1,5 @@
-"""CuPy and NumPy give the same numbers (float64, 1e-10). Skipped without CuPy or a CUDA device."""
+"""CuPy and NumPy give the same numbers (float64, 1e-10), ensembles included. Skipped without CuPy or a
+CUDA device; `.ci/device` runs them on a machine with a GPU."""
 import numpy as np
 import pytest
 
@@ -53,6 +54,22 @@ def test_training_and_kernel_flow_agree_on_cpu_and_gpu():
     theta = kernels.ntk(net, net.init(0), x)
     flows = [kernels.flow(t, y, 1.0, max_steps=50) for t in (theta, cupy.asarray(theta))]
     assert close(flows[1].F, flows[0].F, 1e-8)
+
+
+def test_an_ensemble_trains_alike_on_cpu_and_gpu_and_each_member_is_its_solo_run():
+    rng = np.random.default_rng(1)
+    x, xt = rng.standard_normal((40, 6)), rng.standard_normal((30, 6))
+    y, yt = np.sign(x[:, 0]), np.sign(xt[:, 0])
+    net, seeds, alphas = lf.FC(6, 16, 2), [0, 1, 2, 3], [1e-2, 1.0, 1e2, 1e4]
+    cpu = lf.train(net, net.init(seeds), x, y, alphas, xt, yt, max_steps=40)
+    gpu = lf.train(net, net.init(seeds, device="gpu"), x, y, alphas, xt, yt, max_steps=40)
+    for c, g, seed, alpha in zip(cpu, gpu, seeds, alphas):
+        assert c.steps_accepted == g.steps_accepted
+        assert close(g.F_test, c.F_test, 1e-8)
+        solo = lf.train(net, net.init(seed, device="gpu"), x, y, alpha, xt, yt, max_steps=40)
+        assert close(g.F_test, cupy.asnumpy(solo.F_test), 1e-10)
+    theta = kernels.ntk(net, net.init(seeds, device="gpu"), cupy.asarray(x[:8]))
+    assert close(theta, kernels.ntk(net, net.init(seeds), x[:8]))
 
 
 def test_float32_runs_on_the_gpu():

@@ -87,48 +87,6 @@ def test_loss_gradient_equals_central_finite_differences(case, loss, log_alpha, 
                              eps) < 1e-6
 
 
-def naive_conv(x, W, stride, pad=1):
-    """The convolution by its definition, a loop over every output entry: (n, C, H, W) -> (n, O, OH, OW)."""
-    n, C, H, Wd = x.shape
-    O, _, k, _ = W.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    OH, OW = (H + 2 * pad - k) // stride + 1, (Wd + 2 * pad - k) // stride + 1
-    out = np.zeros((n, O, OH, OW))
-    for s in range(n):
-        for o in range(O):
-            for i in range(OH):
-                for j in range(OW):
-                    patch = xp[s, :, i * stride:i * stride + k, j * stride:j * stride + k]
-                    out[s, o, i, j] = np.sum(patch * W[o]) / math.sqrt(C * k * k)
-    return out
-
-
-@SETTINGS
-@given(st.integers(1, 3), st.integers(1, 3), st.integers(5, 9), st.integers(5, 9), st.sampled_from([1, 2]),
-       st.integers(1, 3), st.integers(0, 2**16))
-def test_conv_forward_equals_naive_loop(C, O, H, W, stride, n, seed):
-    rng = np.random.default_rng(seed)
-    layer = lf.Conv(C, O, stride)
-    filters = layer.init(rng)[0]
-    x = rng.standard_normal((n, C, H, W))
-    z, _ = layer.forward([filters[None]], x.transpose(0, 2, 3, 1))  # one member, channels last
-    np.testing.assert_allclose(z[0].transpose(0, 3, 1, 2), naive_conv(x, filters, stride), rtol=1e-12, atol=1e-12)
-
-
-@SETTINGS
-@given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3), st.integers(5, 9), st.integers(5, 9),
-       st.sampled_from([1, 2]), st.integers(0, 2**16))
-def test_conv_backward_input_is_the_adjoint_of_its_forward(C, O, n, H, W, stride, seed):
-    """The convolution is linear in its input a, so <conv(a), g> = <a, backward_input(g)>."""
-    rng = np.random.default_rng(seed)
-    layer = lf.Conv(C, O, stride)
-    weights = [w[None] for w in layer.init(rng)]
-    a = rng.standard_normal((1, n, H, W, C))  # one member, channels last
-    z, cache = layer.forward(weights, a)
-    g = rng.standard_normal(z.shape)
-    assert np.isclose(np.sum(z * g), np.sum(a * layer.backward_input(weights, cache, g)), rtol=1e-12)
-
-
 @pytest.mark.parametrize("name", ACTS)
 def test_activation_normalisation_gives_unit_second_moment(name):
     """E[(c sigma(z))^2] = 1, checked by a trapezoid rule independent of the quadrature that set c."""

@@ -175,7 +175,8 @@ def test_within_holds_when_the_interval_meets_the_range(interval, holds):
 def test_below_is_decided_only_when_the_interval_is_on_one_side_of_the_bound():
     assert V.below("r", 0.9, (0.8, 0.999), 1.0, "p").holds is True
     assert V.below("r", 1.1, (1.0, 1.2), 1.0, "p").holds is False
-    assert V.below("r", 1.0, (0.999, 1.2), 1.0, "p").holds is None
+    straddling = V.below("r", 1.0, (0.999, 1.2), 1.0, "p")
+    assert straddling.holds is None and straddling.note == "the interval contains the bound"
 
 
 def test_sign_claim_reads_the_side_of_zero_the_interval_lies_on():
