@@ -132,9 +132,17 @@ def per_member(values, like):
     return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def member_sum(a):
-    """The sum of each member's entries: (S, ...) -> (S,)."""
-    return a.reshape(len(a), -1).sum(axis=1)
+def member_dot(a, b):
+    """Each member's dot product of a and b over all their other axes: (S, ...), (S, ...) -> (S,)."""
+    S = len(a)
+    return array_module(a).einsum("ij,ij->i", a.reshape(S, -1), b.reshape(S, -1))
+
+
+def add_scaled(w, c, g):
+    """w + c g, with c one number per member (S,): one new array, two passes over memory."""
+    out = g * per_member(c, g)
+    out += w
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -926,7 +934,7 @@ class Objective:
         xp = array_module(params[0])
         F_test = self.test_predictor(params)
         record = fit_record(point, self.l, None if F_test is None else self.y_test * F_test)
-        record["w_dist"] = xp.sqrt(sum(member_sum((w - w0) ** 2) for w, w0 in zip(params, self.params0)))
+        record["w_dist"] = xp.sqrt(sum(member_dot(d, d) for d in (w - w0 for w, w0 in zip(params, self.params0))))
         return record
 
 
@@ -1133,19 +1141,19 @@ def euler_step(state, velocity, grad, dt, tau):
     held fixed): v <- e v - (1 - e) grad L with e = exp(-dt / tau), then w <- w + dt v.
     New arrays: the old state is untouched."""
     if tau == 0:
-        return [w - per_member(dt, w) * g for w, g in zip(state, grad)], None
+        return [add_scaled(w, -dt, g) for w, g in zip(state, grad)], None
     decay = array_module(dt).exp(-dt / tau)
-    velocity = [per_member(decay, v) * v - per_member(1 - decay, v) * g for v, g in zip(velocity, grad)]
-    return [w + per_member(dt, w) * v for w, v in zip(state, velocity)], velocity
+    velocity = [add_scaled(per_member(decay, v) * v, decay - 1, g) for v, g in zip(velocity, grad)]
+    return [add_scaled(w, dt, v) for w, v in zip(state, velocity)], velocity
 
 
 def step_change(old, new):
     """Per member: dout = max_mu |F_new - F_old| and dgrad = |g_new - g_old|^2 / (|g_old| |g_new|)."""
     xp = array_module(old.F)
     dout = xp.max(xp.abs(new.F - old.F), axis=1)
-    diff2 = sum(member_sum((a - b) ** 2) for a, b in zip(new.grad, old.grad))
-    norm_old = xp.sqrt(sum(member_sum(a**2) for a in old.grad))
-    norm_new = xp.sqrt(sum(member_sum(b**2) for b in new.grad))
+    diff2 = sum(member_dot(d, d) for d in (a - b for a, b in zip(new.grad, old.grad)))
+    norm_old = xp.sqrt(sum(member_dot(a, a) for a in old.grad))
+    norm_new = xp.sqrt(sum(member_dot(b, b) for b in new.grad))
     return dout, diff2 / (norm_old * norm_new)
 
 
