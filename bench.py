@@ -56,23 +56,25 @@ def peak_memory(fn, xp):
 
 
 def gemm_shapes(net, cache):
-    """The (m, k, n) of every matrix product in one forward + backward pass, read off the caches.
+    """The (m, k, n) of every matrix product in one forward + backward pass of one network, read off the caches.
 
-    Dense: forward (n, in) x (in, out), weight gradient (out, n) x (n, in), input
-    gradient (n, out) x (out, in). Conv, with K = C k^2 and N = n x positions:
-    (out, K) x (K, N), (out, N) x (N, K), (K, out) x (out, N). The first trained
-    layer needs no input gradient; the readout's matrix-vector products are left out.
+    Dense (its cache is its input): forward (n, in) x (in, out), weight gradient (out, n) x (n, in),
+    input gradient (n, out) x (out, in). Conv (its cache is its padded input), with K = C k^2 and
+    N = n x positions: (N, K) x (K, out), (K, N) x (N, out), and its input gradient, a convolution
+    of the same size. The first trained layer needs no input gradient; the readout's
+    matrix-vector products are left out.
     """
     shapes = []
     for i, layer in enumerate(net.layers):
         if isinstance(layer, lf.Dense):
-            n, k = cache[i].shape
+            n, k = cache[i].shape[-2:]
             m = layer.fan_out
             shapes += [(n, k, m), (m, n, k)] + ([(n, m, k)] if i > net.first_trained else [])
         elif isinstance(layer, lf.Conv):
-            K, N = cache[i][0].shape
-            O = layer.out_ch
-            shapes += [(O, K, N), (O, N, K)] + ([(K, O, N)] if i > net.first_trained else [])
+            n, H, W, _ = cache[i].shape[-4:]
+            OH, OW = (lf.conv_output_size(size - 2 * layer.pad, layer.k, layer.stride, layer.pad) for size in (H, W))
+            N, K, O = n * OH * OW, layer.fan_in, layer.out_ch
+            shapes += [(N, K, O), (K, N, O)] + ([(N, O, K)] if i > net.first_trained else [])
     return shapes
 
 

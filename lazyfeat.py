@@ -1148,13 +1148,16 @@ def euler_step(state, velocity, grad, dt, tau):
 
 
 def step_change(old, new):
-    """Per member: dout = max_mu |F_new - F_old| and dgrad = |g_new - g_old|^2 / (|g_old| |g_new|)."""
+    """Per member: dout = max_mu |F_new - F_old| and dgrad = |g_new - g_old|^2 / (|g_old| |g_new|).
+
+    Where a gradient is exactly zero (a stationary point, e.g. a net of dead ReLUs), dgrad is 0 if
+    the other is zero too (nothing changes) and infinite otherwise.
+    """
     xp = array_module(old.F)
     dout = xp.max(xp.abs(new.F - old.F), axis=1)
     diff2 = sum(member_dot(d, d) for d in (a - b for a, b in zip(new.grad, old.grad)))
-    norm_old = xp.sqrt(sum(member_dot(a, a) for a in old.grad))
-    norm_new = xp.sqrt(sum(member_dot(b, b) for b in new.grad))
-    return dout, diff2 / (norm_old * norm_new)
+    norms = xp.sqrt(sum(member_dot(a, a) for a in old.grad) * sum(member_dot(b, b) for b in new.grad))
+    return dout, xp.where(norms > 0, diff2 / xp.where(norms > 0, norms, 1.0), xp.where(diff2 > 0, xp.inf, 0.0))
 
 
 def gradient_flow(system, state, *, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.0, max_time=math.inf,
