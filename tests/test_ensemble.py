@@ -1,5 +1,4 @@
 """An ensemble of S networks trained as one computation: each member ends as its solo run does."""
-import math
 
 import numpy as np
 import pytest

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import sweep
 from tests import sweep_fns
-from tests.sweep_fns import CONFIGS, features, parity
+from tests.sweep_fns import CONFIGS, features
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tests" / "sweep_worker_script.py"
