@@ -78,6 +78,11 @@ def to_list(a):
     return [float(v) for v in (a.get() if hasattr(a, "get") else a)]
 
 
+def run_result(run):
+    """What a result stores of any run: its summary, its wall per accepted step and its records."""
+    return {**run.summary(), "ms_per_step": 1e3 * run.wall_s / max(run.steps_accepted, 1), "records": run.records}
+
+
 MEMBER_KEYS = ("seed", "alpha_sqrt_h")  # what may differ between the members of an ensemble
 
 
@@ -119,8 +124,7 @@ def fit_ensemble(configs):
     results = []
     for s, (run, alpha) in enumerate(zip(runs, alphas)):
         member0 = [w[s] for w in params0]
-        result = {**run.summary(), "alpha": alpha, "n_params": n_params,
-                  "ms_per_step": 1e3 * run.wall_s / max(run.steps_accepted, 1), "records": run.records}
+        result = {**run_result(run), "alpha": alpha, "n_params": n_params}
         if theta0 is not None:
             result["kernel_change"] = kernels.kernel_change(kernels.ntk(net, run.params, x_kernel), theta0[s])
         if c["store_F_test"]:
@@ -180,7 +184,7 @@ def fit_infinite(config):
     run = kernels.flow(kernels.ntk_infinite(x, **net), y, 1.0, kernels.ntk_infinite(x_test, x, **net), y_test,
                        loss=c["loss"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"],
                        checkpoints=c["checkpoints"], **limits_of(c))
-    result = {**run.summary(), "ms_per_step": 1e3 * run.wall_s / max(run.steps_accepted, 1), "records": run.records}
+    result = run_result(run)
     if c["store_F_test"]:
         result["F_test"] = to_list(run.F_test)
     return result

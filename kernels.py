@@ -13,13 +13,12 @@ which is what gradient flow on L = 1/(alpha^2 p) sum_mu l(y_mu F_mu) gives when
 F is linear in the weights (the alphas cancel). `flow` integrates it with the
 same adaptive integrator as network training (lazyfeat.gradient_flow).
 """
+import copy
 import functools
 import math
+import numbers
 
 import numpy as np
-
-import copy
-import numbers
 
 import lazyfeat as lf
 
