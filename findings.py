@@ -39,13 +39,13 @@ SCALES = {
     "quick": {
         "crossover": {**QUICK_GRID, "bisect_steps": 2, "c": 1.0},
         "regimes": {
-            "fc": {**QUICK_GRID, "p": 1000, "h": [100], "ends": [1e-2, 1e4], "seeds": 4},
+            "fc": {**QUICK_GRID, "h": [180], "ends": [1e-2, 1e4]},
             "pca": {"dataset": "fashion", "d": None, "pca": 10, "p": 500, "p_test": 2000, "L": 5, "h": [100],
                     "ends": [1e-2, 1e4], "seeds": 6, "kernel_points": 0},
             "cnn": {"dataset": "fashion", "d": None, "arch": "cnn", "p": 64, "p_test": 1000, "h": [8],
                     "ends": [1e-2, 1e4], "seeds": 2, "kernel_points": 0},
         },
-        "fluctuations": {**QUICK_GRID},
+        "fluctuations": {**QUICK_GRID, "end_seeds": 10},
         "timescale": {**QUICK_GRID},
         "kernels": {**QUICK_GRID, "h": [60], "alpha_sqrt_h": [1e-2, 1e0, 1e2, 1e4], "seeds": 2},
     },
@@ -59,7 +59,7 @@ SCALES = {
                     "ends": [1e-4, 1e7], "seeds": 5, "kernel_points": 0},
         },
         "fluctuations": {**PAPER_GRID, "p": 1000, "h": [27, 59, 128, 277, 600, 1300, 2800, 5170], "seeds": 20,
-                         "alpha_sqrt_h": [10.0 ** k for k in range(-3, 6)]},
+                         "alpha_sqrt_h": [10.0 ** k for k in range(-3, 6)], "end_seeds": 20},
         "timescale": {**PAPER_GRID},
         "kernels": {**PAPER_GRID, "p": 5000, "h": [300], "alpha_sqrt_h": [10.0 ** k for k in range(-3, 7)],
                     "seeds": 3},
@@ -73,10 +73,14 @@ PAPER_DATA = {"pca": "mnist", "cnn": "mnist", "fc": "fashion-mnist"}
 def sizes_for(finding, scale, overrides=None, strict=True):
     """The sizes of a finding at a scale, with `overrides` (key -> value) applied wherever the key occurs.
 
-    strict: a key that the finding does not have is an error (else it is skipped).
+    strict: a key that the finding does not have is an error (else it is skipped). Setting `seeds`
+    sets `end_seeds` (finding 3's extra seeds at the ends) too, unless that is set as well.
     """
     sizes = copy.deepcopy(SCALES[scale][finding])
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    if "seeds" in overrides and "end_seeds" not in overrides:
+        _override(sizes, "end_seeds", overrides["seeds"])
+    for key, value in overrides.items():
         if not _override(sizes, key, value) and strict:
             raise ValueError(f"{finding} has no size {key!r}; its sizes are {sorted(_keys(sizes))}")
     return sizes
@@ -110,11 +114,25 @@ def _keys(sizes):
 # ---------------------------------------------------------------------------
 
 
-# Networks per ensemble by default. On the CPU an ensemble gains from reading the shared input
-# once and from larger matrix products, and loses once its members' arrays no longer stay in
-# the cache: 7 to 8 members were fastest here (FC L=3, p=300, h=20 to 180, one core each).
-# A GPU needs many members to be filled.
+# Networks per ensemble by default: on a GPU, enough to fill it; on the CPU, per core that a
+# worker computes on (lazyfeat.train splits an ensemble into one block of members per core). On
+# one core an ensemble gains from reading the shared input once and from larger matrix
+# products, and loses once its members' arrays no longer stay in the cache: 7 to 8 members
+# were fastest here (FC L=3, p=300, h=20 to 180).
 ENSEMBLE_MEMBERS = {"cpu": 8, "gpu": 64}
+
+
+def worker_cores(workers):
+    """The cores each of `workers` sweep workers computes on (sweep gives each its share of BLAS threads)."""
+    return max(1, lf.cpu_threads(np) // workers)
+
+
+def default_members(device, workers):
+    """Networks per ensemble when the user sets no cap: ENSEMBLE_MEMBERS, times each worker's cores on the CPU
+    (where `experiments.ensembles` may take fewer, to stay in the cache)."""
+    if device != "cpu":
+        return ENSEMBLE_MEMBERS[device]
+    return ENSEMBLE_MEMBERS["cpu"] * worker_cores(workers)
 
 
 @dataclass
@@ -122,8 +140,8 @@ class Context:
     """Where run results are stored, how runs are executed, and how many were computed or found stored.
 
     Runs of `experiments.fit` that differ only in seed and alpha sqrt(h) are trained
-    together as ensembles of at most max_members networks (None: the device's
-    default, ENSEMBLE_MEMBERS) and max_memory bytes (None: half the free memory);
+    together as ensembles of at most max_members networks (None: `default_members`)
+    and max_memory bytes (None: half the free memory);
     max_members = 1 trains one network at a time.
     """
 
@@ -138,10 +156,11 @@ class Context:
 
     def sweep(self, configs, desc, fn=experiments.fit):
         group = None
-        members = self.max_members or ENSEMBLE_MEMBERS[self.device]
+        members = self.max_members or default_members(self.device, self.workers)
         if fn is experiments.fit and members > 1:
             memory = self.max_memory or lf.available_memory(lf.backend(self.device)) / 2
-            group = experiments.ensembles(members, memory)
+            cores = worker_cores(self.workers) if self.device == "cpu" and not self.max_members else None
+            group = experiments.ensembles(members, memory, cores)
         return sweep.run(fn, configs, self.results_dir, self.workers, self.scheduler,
                          self.progress, desc, self.tally, group)
 
@@ -415,13 +434,19 @@ def ensemble_error(F, y, idx):
 
 
 def fluctuations(ctx, sizes):
-    """Finding 3: Var over seeds of F against h in both regimes, h Var against alpha sqrt(h), ensembles."""
-    hs, alphas, n = sizes["h"], sizes["alpha_sqrt_h"], sizes["seeds"]
+    """Finding 3: Var over seeds of F against h in both regimes, h Var against alpha sqrt(h), ensembles.
+
+    The two ends of alpha sqrt(h), which every claim measures, get `end_seeds` seeds (at least `seeds`):
+    a variance over a few seeds is itself noisy, and an ensemble gains with its size.
+    """
+    hs, alphas = sizes["h"], sizes["alpha_sqrt_h"]
+    ends = {"feature": min(alphas), "lazy": max(alphas)}
+    n = max(sizes["seeds"], sizes.get("end_seeds", 0))
     runs = run_grid(ctx, sizes, hs, alphas, "fluctuations")
+    runs.update(run_grid(ctx, {**sizes, "seeds": n}, hs, sorted(set(ends.values())), "fluctuations ends"))
     y = run_test_labels(run_config(ctx, sizes, hs[0], alphas[0], 0))
     F = {key: np.array([r["F_test"] for r in rs]) for key, rs in runs.items()}
     single = {key: seed_array(rs, "test_error") for key, rs in runs.items()}
-    ends = {"feature": min(alphas), "lazy": max(alphas)}
     lacking = {regime: end_lacking(alphas, regime) for regime in ends}
     claims = []
     for regime, a in ends.items():
@@ -447,7 +472,7 @@ def fluctuations(ctx, sizes):
     all_seeds = np.arange(n)
     numbers = {
         "h": hs, "alpha_sqrt_h": alphas,
-        "h_var": {h: [h * output_variance(F[h, a], all_seeds) for a in alphas] for h in hs},
+        "h_var": {h: [h * output_variance(F[h, a], np.arange(len(F[h, a]))) for a in alphas] for h in hs},
         "var_at_ends": {regime: [output_variance(F[h, a], all_seeds) for h in hs] for regime, a in ends.items()},
         "ensemble_error": {regime: [ensemble_error(F[h, a], y, all_seeds) for h in hs] for regime, a in ends.items()},
         "single_error": {regime: [float(single[h, a].mean()) for h in hs] for regime, a in ends.items()},

@@ -29,9 +29,11 @@ import functools
 import math
 import numbers
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import threadpoolctl
 
 # ---------------------------------------------------------------------------
 # 1. Backend
@@ -681,6 +683,13 @@ class Network:
                 grads[self.slices[i]] = layer.backward_params(p, c, g_out)
         return [w[0] for w in grads] if single else grads
 
+    def activation_bytes(self, params, x, n):
+        """The bytes of one member's widest activation (one layer's output) on n samples."""
+        member = [w[:1] for w in self.members(params)[0]]
+        _, cache = self.forward(member, x[:1])
+        per_member = [c for c in cache if getattr(c, "ndim", 0) == self.sample_ndim + 2]
+        return n * max(nbytes(c) for c in per_member)
+
     def bytes_per_member(self, params, x, n):
         """About the memory one member needs to train on n samples at a time, in bytes.
 
@@ -825,11 +834,19 @@ class Point:
     margins: object
     loss: object
     grad: list = None
+    grad2: object = None
 
     def take(self, idx):
         """The point of the members idx (an index array, or an int for one member without the member axis)."""
         return Point(self.F[idx], self.margins[idx], self.loss[idx],
-                     None if self.grad is None else [g[idx] for g in self.grad])
+                     None if self.grad is None else [g[idx] for g in self.grad],
+                     None if self.grad2 is None else self.grad2[idx])
+
+    def grad_norm2(self):
+        """|grad|^2 per member, (S,): computed once, then kept."""
+        if self.grad2 is None:
+            self.grad2 = sum(member_dot(g, g) for g in self.grad)
+        return self.grad2
 
 
 def fit_stats(margins, loss_fn):
@@ -1036,6 +1053,14 @@ class Recorder:
         self.next_step = max(record["step"] + 1, math.ceil(record["step"] * self.growth))
 
 
+def one_per_member(value, S, what):
+    """A list of S values: `value` itself if it is a sequence of S (one per member), else S times value."""
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * S
+    if len(values) != S:
+        raise ValueError(f"give one {what} per network, or one for all: {S} networks but {len(values)} {what}s")
+    return values
+
+
 def choose(mask, new, old):
     """Per member, the new array where mask is true and the old one elsewhere."""
     xp = array_module(old[0])
@@ -1060,9 +1085,7 @@ class Ensemble:
         self.t, self.dt = np.zeros(S), np.zeros(S)
         self.steps, self.rejected, self.streak = (np.zeros(S, dtype=int) for _ in range(3))
         self.recorders = [Recorder(checkpoints) for _ in range(S)]
-        self.callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback] * S
-        if len(self.callbacks) != S:
-            raise ValueError(f"give one callback per network: {S} networks but {len(self.callbacks)} callbacks")
+        self.callbacks = one_per_member(callback, S, "callback")
         self.runs = [None] * S
 
     def __len__(self):
@@ -1129,9 +1152,10 @@ class Ensemble:
         elif ok.any():
             mask = array_module(self.state[0]).asarray(ok)
             self.state = choose(mask, state, self.state)
-            F, margins, loss, *grad = choose(mask, [point.F, point.margins, point.loss, *point.grad],
-                                             [self.point.F, self.point.margins, self.point.loss, *self.point.grad])
-            self.point = Point(F, margins, loss, grad)
+            F, margins, loss, grad2, *grad = choose(
+                mask, [point.F, point.margins, point.loss, point.grad_norm2(), *point.grad],
+                [self.point.F, self.point.margins, self.point.loss, self.point.grad_norm2(), *self.point.grad])
+            self.point = Point(F, margins, loss, grad, grad2)
             self.carried = [choose(mask, new, old) for new, old in zip(carried, self.carried)]
 
 
@@ -1150,13 +1174,17 @@ def euler_step(state, velocity, grad, dt, tau):
 def step_change(old, new):
     """Per member: dout = max_mu |F_new - F_old| and dgrad = |g_new - g_old|^2 / (|g_old| |g_new|).
 
-    Where a gradient is exactly zero (a stationary point, e.g. a net of dead ReLUs), dgrad is 0 if
-    the other is zero too (nothing changes) and infinite otherwise.
+    |g_new - g_old|^2 = |g_old|^2 + |g_new|^2 - 2 g_old . g_new: one pass over the gradients (their
+    dot product), as each point keeps its |g|^2. In float64 the cancellation costs at most about
+    1e-15 |g|^2, far below the max_dgrad of 1e-4 it is compared with. Where a gradient is exactly
+    zero (a stationary point, e.g. a net of dead ReLUs), dgrad is 0 if the other is zero too
+    (nothing changes) and infinite otherwise.
     """
     xp = array_module(old.F)
     dout = xp.max(xp.abs(new.F - old.F), axis=1)
-    diff2 = sum(member_dot(d, d) for d in (a - b for a, b in zip(new.grad, old.grad)))
-    norms = xp.sqrt(sum(member_dot(a, a) for a in old.grad) * sum(member_dot(b, b) for b in new.grad))
+    old2, new2 = old.grad_norm2(), new.grad_norm2()
+    diff2 = xp.maximum(old2 + new2 - 2 * sum(member_dot(a, b) for a, b in zip(old.grad, new.grad)), 0.0)
+    norms = xp.sqrt(old2 * new2)
     return dout, xp.where(norms > 0, diff2 / xp.where(norms > 0, norms, 1.0), xp.where(diff2 > 0, xp.inf, 0.0))
 
 
@@ -1239,9 +1267,7 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
     S = len(params[0])
-    seeds = [seed] * S if isinstance(seed, numbers.Integral) else list(seed)
-    if len(seeds) != S:
-        raise ValueError(f"give one seed per network: {S} networks but {len(seeds)} seeds")
+    seeds = one_per_member(seed, S, "seed")
     limits = Limits(max_time, max_wall, max_steps)
     xp = array_module(params[0])
     zeros = [[xp.zeros_like(w) for w in params] for _ in range(2)]
@@ -1273,6 +1299,38 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
                 run.record(range(len(run)))
             run.stop(statuses)
     return run.runs
+
+
+def cpu_threads(xp):
+    """The cores this process computes on: its BLAS threads for NumPy (a sweep worker gets its share
+    of the machine's cores), 1 for CuPy (a GPU is filled by the member axis itself)."""
+    if xp is not np:
+        return 1
+    pools = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+    return max(pools, default=1)
+
+
+def across_cores(fit, S, threads):
+    """fit(idx) -> Runs of the members idx, for S members split over `threads` cores; the Runs in member order.
+
+    On the CPU an ensemble's products are too small to keep two BLAS threads busy, and NumPy's
+    elementwise operations use one core. So the members are dealt round-robin into one block
+    per core (each block gets members of every alpha, so the blocks take about as long), and
+    each block is integrated in a thread of its own with one BLAS thread. NumPy releases
+    the GIL inside its loops, so the blocks compute at the same time. Members are independent:
+    how they are split changes no result.
+    """
+    threads = min(threads, S)
+    if threads <= 1:
+        return fit(np.arange(S))
+    blocks = [np.arange(k, S, threads) for k in range(threads)]
+    with threadpoolctl.threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(fit, blocks))
+    runs = [None] * S
+    for idx, block_runs in zip(blocks, results):
+        for i, run in zip(idx, block_runs):
+            runs[i] = run
+    return runs
 
 
 def check_memory(net, params, x, n):
@@ -1311,12 +1369,20 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
         raise ValueError("give both x_test and y_test, or neither")
     params0, single = net.members(params0)
     objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk)
+    S = len(params0[0])
     if not single:
         check_memory(net, params0, objective.x, min(chunk, len(objective.x)))
-    limits = dict(max_time=max_time, max_wall=max_wall, max_steps=max_steps, checkpoints=checkpoints,
-                  callback=callback)
-    if method == "flow":
-        runs = gradient_flow(objective, params0, max_dgrad=max_dgrad, max_dout=max_dout, dt=dt, tau=tau, **limits)
-    else:
-        runs = adam(objective, params0, lr=lr, batch_size=batch_size, seed=seed, **limits)
+    callbacks, seeds = one_per_member(callback, S, "callback"), one_per_member(seed, S, "seed")
+    limits = dict(max_time=max_time, max_wall=max_wall, max_steps=max_steps, checkpoints=checkpoints)
+
+    def fit(idx):
+        """Train the members idx (an index array) as one ensemble."""
+        part = objective if len(idx) == S else objective.take(array_module(params0[0]).asarray(idx))
+        state = [w[idx] for w in params0] if len(idx) < S else params0
+        kept = dict(limits, callback=[callbacks[i] for i in idx])
+        if method == "flow":
+            return gradient_flow(part, state, max_dgrad=max_dgrad, max_dout=max_dout, dt=dt, tau=tau, **kept)
+        return adam(part, state, lr=lr, batch_size=batch_size, seed=[seeds[i] for i in idx], **kept)
+
+    runs = across_cores(fit, S, cpu_threads(array_module(params0[0])))
     return runs[0] if single else runs

@@ -288,8 +288,8 @@ def add_findings(sub):
         parser.add_argument("--scheduler", help="address of a Dask scheduler to run on (tcp://host:port)")
         parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
         parser.add_argument("--max-members", type=positive_int,
-                            help="networks trained together as one ensemble (default 8 on the CPU, 64 on a GPU; "
-                                 "1: one at a time)")
+                            help="networks trained together as one ensemble (default 8 per core of a worker on "
+                                 "the CPU, 64 on a GPU; 1: one at a time)")
         parser.add_argument("--max-memory", type=positive_float,
                             help="GiB one ensemble may use (default: half the free memory)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")

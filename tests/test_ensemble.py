@@ -236,3 +236,63 @@ def test_dgrad_at_a_stationary_point_is_zero_and_a_step_away_from_it_is_infinite
     F = np.zeros((2, 4))
     _, dgrad = lf.step_change(lf.Point(F, F, np.zeros(2), zero), lf.Point(F, F, np.zeros(2), one))
     assert dgrad.tolist() == [0.0, np.inf]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(2, 40), st.floats(1e-6, 1.0), st.integers(0, 100))
+def test_step_change_from_kept_norms_equals_the_norm_of_the_difference(S, n, size, seed):
+    """dgrad = |g_new - g_old|^2 / (|g_old| |g_new|), computed from |g|^2 and one dot product, equals
+    the direct formula to 1e-9 relative, also for steps that change the gradient very little."""
+    rng = np.random.default_rng(seed)
+    old = [rng.standard_normal((S, n)), rng.standard_normal((S, 2, n))]
+    new = [g + size * rng.standard_normal(g.shape) for g in old]
+    F = np.zeros((S, 3))
+    _, dgrad = lf.step_change(lf.Point(F, F, np.zeros(S), old), lf.Point(F, F, np.zeros(S), new))
+    norm2 = lambda gs: sum((g.reshape(S, -1) ** 2).sum(axis=1) for g in gs)
+    direct = norm2([a - b for a, b in zip(new, old)]) / np.sqrt(norm2(old) * norm2(new))
+    np.testing.assert_allclose(dgrad, direct, rtol=1e-9, atol=1e-15)
+
+
+def test_across_cores_deals_members_round_robin_and_returns_them_in_order():
+    calls = []
+
+    def fit(idx):
+        calls.append(list(idx))
+        return [f"run {i}" for i in idx]
+
+    assert lf.across_cores(fit, 7, 3) == [f"run {i}" for i in range(7)]
+    assert sorted(calls) == [[0, 3, 6], [1, 4], [2, 5]]
+    calls.clear()
+    assert lf.across_cores(fit, 2, 1) == ["run 0", "run 1"] and calls == [[0, 1]]
+
+
+@pytest.mark.parametrize("method", ["flow", "adam"])
+def test_how_an_ensemble_is_split_across_cores_changes_no_result(method, monkeypatch):
+    """The same 5 members trained on 1 core (one block) and on 3 (three threads) end with the same
+    status, steps, records and test predictor."""
+    x, y, xt, yt = toy_task()
+    net = lf.FC(5, 12, 2)
+    options = dict(method=method, lr=1e-2, batch_size=4, max_steps=200, checkpoints=5, seed=[3, 1, 4, 1, 5])
+    alphas = [1e-2, 1e-1, 1.0, 1e2, 1e4]
+    runs = {}
+    for cores in (1, 3):
+        monkeypatch.setattr(lf, "cpu_threads", lambda xp, cores=cores: cores)
+        runs[cores] = lf.train(net, net.init([0, 1, 2, 3, 4]), x, y, alphas, xt, yt, **options)
+    for one, three in zip(runs[1], runs[3]):
+        assert (one.status, one.steps_accepted, one.steps_rejected) == (three.status, three.steps_accepted,
+                                                                         three.steps_rejected)
+        assert [r["loss"] for r in one.records] == pytest.approx([r["loss"] for r in three.records], rel=1e-12)
+        np.testing.assert_allclose(one.F_test, three.F_test, rtol=1e-12, atol=1e-12)
+
+
+def test_ensembles_on_the_cpu_keep_a_few_activations_per_core_in_the_cache():
+    """Narrow nets fill an ensemble up to its cap; wide ones get as many members per core as fit in
+    CORE_CACHE_BYTES, and at least one per core."""
+    narrow, wide = {**SMALL, "h": 8}, {**SMALL, "h": 4000}
+    assert experiments.ensembles(16, 1e12, cores=2).capacity(narrow) == 16
+    assert experiments.ensembles(16, 1e12, cores=2).capacity(wide) == 2
+    activation = experiments.member_bytes(wide, "activation")
+    assert activation == SMALL["p"] * 4000 * 8
+    per_core = experiments.CORE_CACHE_BYTES // (experiments.LIVE_ACTIVATIONS * experiments.member_bytes(
+        {**SMALL, "h": 400}, "activation"))
+    assert experiments.ensembles(64, 1e12, cores=3).capacity({**SMALL, "h": 400}) == 3 * per_core
