@@ -288,3 +288,28 @@ def test_the_command_line_goes_on_with_an_empty_side_and_says_what_is_missing(tm
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("undecided  no alpha sqrt(h) <= 0.1 in this sweep") == 2
     assert (tmp_path / "figures" / "timescale.png").stat().st_size > 0
+
+
+def test_setting_seeds_sets_finding_3s_end_seeds_unless_both_are_set():
+    assert findings.sizes_for("fluctuations", "quick")["end_seeds"] == 10
+    assert findings.sizes_for("fluctuations", "quick", {"seeds": 3})["end_seeds"] == 3
+    assert findings.sizes_for("fluctuations", "quick", {"seeds": 3, "end_seeds": 7})["end_seeds"] == 7
+    assert "end_seeds" not in findings.sizes_for("crossover", "quick", {"seeds": 3})
+
+
+def test_finding_3_measures_its_ends_on_end_seeds_and_the_rest_on_seeds():
+    """With 2 seeds per point and 8 at the two ends, every claim (all measured at the ends) holds in the
+    planted world; the grid of 2 seeds alone does not decide them."""
+    context = planted.PlantedContext(model=planted.MODELS["fluctuations"], holds=True)
+    sizes = {**PLANTED["fluctuations"], "seeds": 2, "end_seeds": 8}
+    outcome = findings.fluctuations(context, sizes)
+    trained = {(c["h"], c["alpha_sqrt_h"], c["seed"]) for _, fn, configs in context.sweeps if fn.__name__ == "fit"
+               for c in configs}
+    alphas, hs = sizes["alpha_sqrt_h"], sizes["h"]
+    expected = {(h, a, s) for h in hs for a in alphas for s in range(8 if a in (min(alphas), max(alphas)) else 2)}
+    assert trained == expected
+    assert all(c.holds for c in outcome.claims)
+    assert any("8 seeds" in c.note for c in outcome.claims)
+    two = findings.fluctuations(planted.PlantedContext(model=planted.MODELS["fluctuations"], holds=True),
+                                {**sizes, "end_seeds": 2})
+    assert not all(c.holds for c in two.claims)
