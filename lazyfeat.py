@@ -22,7 +22,8 @@ trains S of them as one computation: every parameter array carries a leading
 member axis of S (`net.init([seed_1, ..., seed_S])`), every activation too, and
 each member keeps its own alpha, its own adaptive time step, its own records and
 its own stop. One network is the case S = 1 of the same code: `net.init(seed)`
-gives arrays without the member axis, and the engine adds and removes it.
+gives arrays without the member axis, and the engine adds and removes it. On the
+CPU, `train` splits an ensemble's members over the cores (`across_cores`).
 """
 import ctypes
 import functools
@@ -1315,7 +1316,7 @@ def across_cores(fit, S, threads):
 
     On the CPU an ensemble's products are too small to keep two BLAS threads busy, and NumPy's
     elementwise operations use one core. So the members are dealt round-robin into one block
-    per core (each block gets members of every alpha, so the blocks take about as long), and
+    per core (so that the blocks mix the sweep's alphas and take about as long), and
     each block is integrated in a thread of its own with one BLAS thread. NumPy releases
     the GIL inside its loops, so the blocks compute at the same time. Members are independent:
     how they are split changes no result.
