@@ -115,9 +115,10 @@ ENSEMBLE_SEEDS = 4
 
 
 def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
-    """Member-steps per second of 7 alphas x 4 seeds trained as ensembles of the size that a sweep with one
-    worker gives them (findings.default_members, capped to stay in the cache), against the same 28 networks
-    trained one at a time (FC L=3, Fashion-MNIST p=300, at most `steps` accepted steps each).
+    """Member-steps per second of 7 alphas x 4 seeds trained as ensembles of the size that a sweep with
+    one worker gives them (findings.Context.ensembles: its default cap, lowered to stay in the cache),
+    against the same 28 networks trained one at a time (FC L=3, Fashion-MNIST p=300, at most `steps`
+    accepted steps each).
 
     Both sides do the same accepted steps (an ensemble member is its solo run), so the
     ratio of their walls is the speed-up. The two sides run in turn, `repeat` times; the
@@ -129,10 +130,7 @@ def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
             "dtype": dtype}
     configs = [{**base, "alpha_sqrt_h": a, "seed": s} for s in range(ENSEMBLE_SEEDS) for a in ENSEMBLE_ALPHAS]
     experiments.load_data(experiments.full_config(base))  # the data set is read before the clock starts
-    cores = findings.worker_cores(1) if device == "cpu" else None
-    memory = lf.available_memory(lf.backend(device)) / 2
-    capacity = experiments.ensembles(findings.default_members(device, 1), memory, cores).capacity(base)
-    jobs = math.ceil(len(configs) / capacity)
+    jobs = math.ceil(len(configs) / findings.Context(device=device).ensembles().capacity(base))
     size = math.ceil(len(configs) / jobs)  # balanced sizes, as sweeps cut a group
     walls = collections.defaultdict(list)
     for _ in range(repeat):

@@ -114,11 +114,9 @@ def _keys(sizes):
 # ---------------------------------------------------------------------------
 
 
-# Networks per ensemble by default: on a GPU, enough to fill it; on the CPU, per core that a
-# worker computes on (lazyfeat.train splits an ensemble into one block of members per core). On
-# one core an ensemble gains from reading the shared input once and from larger matrix
-# products, and loses once its members' arrays no longer stay in the cache: 7 to 8 members
-# were fastest here (FC L=3, p=300, h=20 to 180).
+# Networks per ensemble by default: on a GPU, enough to fill it; on the CPU, 8 per core that a
+# worker computes on (lazyfeat.train splits an ensemble into one block of members per core), and
+# fewer for wide networks (experiments.ensembles keeps a few activations per member in the cache).
 ENSEMBLE_MEMBERS = {"cpu": 8, "gpu": 64}
 
 
@@ -154,13 +152,17 @@ class Context:
     max_members: int = None
     max_memory: float = None
 
-    def sweep(self, configs, desc, fn=experiments.fit):
-        group = None
+    def ensembles(self):
+        """How this context groups runs of `experiments.fit` into ensembles (a sweep.Group), or None."""
         members = self.max_members or default_members(self.device, self.workers)
-        if fn is experiments.fit and members > 1:
-            memory = self.max_memory or lf.available_memory(lf.backend(self.device)) / 2
-            cores = worker_cores(self.workers) if self.device == "cpu" and not self.max_members else None
-            group = experiments.ensembles(members, memory, cores)
+        if members == 1:
+            return None
+        memory = self.max_memory or lf.available_memory(lf.backend(self.device)) / 2
+        cores = worker_cores(self.workers) if self.device == "cpu" and not self.max_members else None
+        return experiments.ensembles(members, memory, cores)
+
+    def sweep(self, configs, desc, fn=experiments.fit):
+        group = self.ensembles() if fn is experiments.fit else None
         return sweep.run(fn, configs, self.results_dir, self.workers, self.scheduler,
                          self.progress, desc, self.tally, group)
 

@@ -1378,8 +1378,9 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
 
     def fit(idx):
         """Train the members idx (an index array) as one ensemble."""
-        part = objective if len(idx) == S else objective.take(array_module(params0[0]).asarray(idx))
-        state = [w[idx] for w in params0] if len(idx) < S else params0
+        part, state = objective, params0
+        if len(idx) < S:
+            part, state = objective.take(array_module(params0[0]).asarray(idx)), [w[idx] for w in params0]
         kept = dict(limits, callback=[callbacks[i] for i in idx])
         if method == "flow":
             return gradient_flow(part, state, max_dgrad=max_dgrad, max_dout=max_dout, dt=dt, tau=tau, **kept)
