@@ -23,7 +23,8 @@ member axis of S (`net.init([seed_1, ..., seed_S])`), every activation too, and
 each member keeps its own alpha, its own adaptive time step, its own records and
 its own stop. One network is the case S = 1 of the same code: `net.init(seed)`
 gives arrays without the member axis, and the engine adds and removes it. On the
-CPU, `train` splits an ensemble's members over the cores (`across_cores`).
+CPU, `train` splits an ensemble's members over the cores (`across_cores`), and
+the samples of one large network (`sample_cores`).
 """
 import ctypes
 import functools
@@ -81,6 +82,32 @@ def keep_freed_memory():
 
 
 keep_freed_memory()
+
+
+@functools.cache
+def blas():
+    """NumPy's BLAS libraries, found once; their thread counts are read and set through it (threadpoolctl)."""
+    return threadpoolctl.ThreadpoolController().select(user_api="blas")
+
+
+def cpu_threads(xp):
+    """The cores this process computes on: its BLAS threads for NumPy (a sweep worker gets its share
+    of the machine's cores), 1 for CuPy (a GPU is filled by the member axis itself)."""
+    if xp is not np:
+        return 1
+    return max((library.num_threads for library in blas().lib_controllers), default=1)
+
+
+def in_parallel(fn, items, cores):
+    """[fn(item) for item in items], computed by `cores` threads with one BLAS thread each when cores > 1.
+
+    NumPy releases the GIL inside its loops and its BLAS calls, so the threads compute at
+    the same time, each on a core of its own. The results come back in the order of items.
+    """
+    if cores <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with blas().limit(limits=1), ThreadPoolExecutor(min(cores, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 def array_module(a):
@@ -369,9 +396,10 @@ def conv_output_size(size, k, stride, pad):
 
 
 # How many positions (rows of columns) a block multiplies at once. On the CPU, a product of at most
-# 10^6 multiply-adds: OpenBLAS computes it with its small-matrix kernels, on one core from the cache
-# (60-77 GFLOP/s measured here, against 25-35 for one large product) and without handing work to a
-# second thread, which stalls whenever other processes keep the cores busy. On a GPU, a bound on memory.
+# 10^6 multiply-adds: OpenBLAS computes it with its small-matrix kernels, from the cache (60-77
+# GFLOP/s measured here on one core, against 25-35 for one large product). Such products are too
+# small for OpenBLAS to share between threads (two were slower than one): a large pass uses the
+# cores by splitting its samples instead (`sample_cores`). On a GPU, a bound on memory.
 CPU_BLOCK_MULTIPLY_ADDS = 10**6
 GPU_BLOCK_BYTES = 1 << 28
 
@@ -657,10 +685,11 @@ class Network:
             cache.append(c)
         return (a[0] if single else a), cache
 
-    def predict(self, params, x, chunk=CHUNK):
-        """f(w, x) by chunks of samples, keeping no cache (for evaluation)."""
+    def predict(self, params, x, chunk=CHUNK, cores=1):
+        """f(w, x) by parts of samples (`sample_parts`) on `cores` cores, keeping no cache (for evaluation)."""
         xp = array_module(params[0])
-        return xp.concatenate([self.forward(params, x[i:i + chunk])[0] for i in range(0, len(x), chunk)], axis=-1)
+        f = in_parallel(lambda part: self.forward(params, x[part])[0], sample_parts(len(x), chunk, cores), cores)
+        return xp.concatenate(f, axis=-1)
 
     def signals(self, params, cache, g):
         """Yield (i, layer i, its params, its cache, g_out) from the readout down to the first trained layer.
@@ -691,16 +720,18 @@ class Network:
         per_member = [c for c in cache if getattr(c, "ndim", 0) == self.sample_ndim + 2]
         return n * max(nbytes(c) for c in per_member)
 
-    def bytes_per_member(self, params, x, n):
-        """About the memory one member needs to train on n samples at a time, in bytes.
-
-        Its forward cache, measured on one sample, times n and twice over (the backward
-        pass's temporaries), plus ten copies of its weights (the state, a trial step,
-        their gradients, w0, and the momentum or Adam's moments).
-        """
+    def cache_bytes(self, params, x, n):
+        """The bytes of one member's forward cache on n samples, measured on one sample."""
         member = [w[:1] for w in self.members(params)[0]]
         _, cache = self.forward(member, x[:1])
-        return 2 * n * nbytes(cache) + 10 * nbytes(member)
+        return n * nbytes(cache)
+
+    def bytes_per_member(self, params, x, n):
+        """About the memory one member needs to train on n samples at a time, in bytes: its
+        forward cache twice over (the backward pass's temporaries), plus ten copies of its
+        weights (the state, a trial step, their gradients, w0, and the momentum or Adam's moments).
+        """
+        return 2 * self.cache_bytes(params, x, n) + 10 * sum(nbytes(w[0]) for w in self.members(params)[0])
 
 
 def nbytes(value):
@@ -868,8 +899,28 @@ def fit_record(point, loss_fn, test_margins=None):
     return record
 
 
-def sample_chunks(n, chunk):
-    return [slice(i, i + chunk) for i in range(0, n, chunk)]
+def sample_parts(n, chunk, cores=1):
+    """Slices that cut n samples into parts whose sizes differ by at most 1: a multiple of `cores`
+    of them where n allows, so that the `cores` parts computed at once hold at most `chunk`
+    samples in all, which bounds the memory."""
+    size = max(1, chunk // cores)
+    m = min(n, cores * -(-n // (cores * size)))
+    return [slice(i * n // m, (i + 1) * n // m) for i in range(m)]
+
+
+# On the CPU, a pass over the samples is split between the cores of one member block when each
+# core's part keeps at least this much forward cache: its work then dwarfs the cost of the
+# threads. (The CNN at p = 500: 26 MB per part, twice as fast on 2 cores. FC h = 180 at
+# p = 300: 2 MB per part, no faster, since its products already keep two BLAS threads busy.)
+CPU_SPLIT_BYTES = 8 << 20
+
+
+def sample_cores(net, params, x, n, cores):
+    """The cores a pass over n samples of one member is split between: `cores`, or 1 when each
+    core's part would keep less than CPU_SPLIT_BYTES of forward cache."""
+    if cores > 1 and net.cache_bytes(params, x, n // cores) >= CPU_SPLIT_BYTES:
+        return cores
+    return 1
 
 
 class Objective:
@@ -878,7 +929,8 @@ class Objective:
     Its gradient is dL/dw = 1 / (alpha p) sum_mu l'(y_mu F_mu) y_mu df(x_mu)/dw: one
     backward pass with g_mu = l'(y_mu F_mu) y_mu / (alpha p). For an ensemble every
     member has its own w0 and alpha, and everything is computed for all members at
-    once. Samples are taken by chunks so that memory stays bounded.
+    once. Samples are taken by parts so that memory stays bounded, and on the CPU
+    `cores` parts are computed at once (`train` sets it, with `sample_cores`).
     """
 
     def __init__(self, net, params0, x, y, alpha, x_test=None, y_test=None,
@@ -886,7 +938,7 @@ class Objective:
         self.net = net
         self.params0, self.single = net.members(params0)
         self.l, self.dl = check_loss(loss)
-        self.chunk = check_int("chunk", chunk)
+        self.chunk, self.cores = check_int("chunk", chunk), 1
         xp, dtype = array_module(params0[0]), params0[0].dtype
         S = len(self.params0[0])
         self.alpha = xp.asarray(check_alphas(alpha, S), dtype=dtype)[:, None]
@@ -904,7 +956,7 @@ class Objective:
     def initial(self, x, subtract_f0):
         """f(w0, x) of every member, (S, n), or zeros when f(w0) is kept in F (the appendix's alpha f)."""
         if subtract_f0:
-            return self.net.predict(self.params0, x, self.chunk)
+            return self.net.predict(self.params0, x, self.chunk, self.cores)
         return array_module(x).zeros((len(self.params0[0]), len(x)), dtype=x.dtype)
 
     def take(self, idx):
@@ -926,16 +978,23 @@ class Objective:
         else:
             x, y, f0 = self.x[idx], self.y[idx], xp.take_along_axis(self.f0, idx, axis=1)
         n = y.shape[1]
-        F_parts, grad = [], None
-        for part in sample_chunks(n, self.chunk):
-            f, cache = self.net.forward(params, x[part] if idx is None else x[:, part])
-            F = self.alpha * (f - f0[:, part])
-            F_parts.append(F)
-            if need_grad:
-                y_c = y[:, part]
-                g = self.dl(y_c * F, xp) * y_c * (1.0 / (self.alpha * n))
-                g_chunk = self.net.backward(params, cache, g)
-                grad = g_chunk if grad is None else [a + b for a, b in zip(grad, g_chunk)]
+
+        def part(sl):
+            """F on the samples sl, and (if asked) their terms of dL/dw."""
+            f, cache = self.net.forward(params, x[sl] if idx is None else x[:, sl])
+            F = self.alpha * (f - f0[:, sl])
+            if not need_grad:
+                return F, None
+            y_part = y[:, sl]
+            g = self.dl(y_part * F, xp) * y_part * (1.0 / (self.alpha * n))
+            return F, self.net.backward(params, cache, g)
+
+        F_parts, grad, parts = [], None, sample_parts(n, self.chunk, self.cores)
+        for first in range(0, len(parts), self.cores):
+            for F, g_part in in_parallel(part, parts[first:first + self.cores], self.cores):
+                F_parts.append(F)
+                if need_grad:
+                    grad = g_part if grad is None else [a + b for a, b in zip(grad, g_part)]
         F = xp.concatenate(F_parts, axis=1) if len(F_parts) > 1 else F_parts[0]
         margins = y * F
         point = Point(F, margins, xp.mean(self.l(margins, xp), axis=1) / self.alpha[:, 0] ** 2, grad)
@@ -945,7 +1004,7 @@ class Objective:
         """The test predictor alpha [f(w, x_test) - f(w0, x_test)] of every member (S, n_test), or None."""
         if self.x_test is None:
             return None
-        return self.alpha * (self.net.predict(params, self.x_test, self.chunk) - self.f0_test)
+        return self.alpha * (self.net.predict(params, self.x_test, self.chunk, self.cores) - self.f0_test)
 
     def observe(self, params, point):
         """The records of one checkpoint, one device value per member: train fit, |F|, test fit, |w - w0|."""
@@ -1302,33 +1361,19 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
     return run.runs
 
 
-def cpu_threads(xp):
-    """The cores this process computes on: its BLAS threads for NumPy (a sweep worker gets its share
-    of the machine's cores), 1 for CuPy (a GPU is filled by the member axis itself)."""
-    if xp is not np:
-        return 1
-    pools = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
-    return max(pools, default=1)
-
-
 def across_cores(fit, S, threads):
     """fit(idx) -> Runs of the members idx, for S members split over `threads` cores; the Runs in member order.
 
     On the CPU an ensemble's products are too small to keep two BLAS threads busy, and NumPy's
     elementwise operations use one core. So the members are dealt round-robin into one block
-    per core (so that the blocks mix the sweep's alphas and take about as long), and
-    each block is integrated in a thread of its own with one BLAS thread. NumPy releases
-    the GIL inside its loops, so the blocks compute at the same time. Members are independent:
+    per core (so that the blocks mix the sweep's alphas and take about as long), and each
+    block is integrated in a thread of its own (`in_parallel`). Members are independent:
     how they are split changes no result.
     """
     threads = min(threads, S)
-    if threads <= 1:
-        return fit(np.arange(S))
     blocks = [np.arange(k, S, threads) for k in range(threads)]
-    with threadpoolctl.threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(fit, blocks))
     runs = [None] * S
-    for idx, block_runs in zip(blocks, results):
+    for idx, block_runs in zip(blocks, in_parallel(fit, blocks, threads)):
         for i, run in zip(idx, block_runs):
             runs[i] = run
     return runs
@@ -1386,5 +1431,8 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
             return gradient_flow(part, state, max_dgrad=max_dgrad, max_dout=max_dout, dt=dt, tau=tau, **kept)
         return adam(part, state, lr=lr, batch_size=batch_size, seed=[seeds[i] for i in idx], **kept)
 
-    runs = across_cores(fit, S, cpu_threads(array_module(params0[0])))
+    threads = cpu_threads(array_module(params0[0]))
+    n = len(objective.x) if method == "flow" else min(check_int("batch_size", batch_size), len(objective.x))
+    objective.cores = sample_cores(net, params0, objective.x, n, threads // min(threads, S))
+    runs = across_cores(fit, S, threads)
     return runs[0] if single else runs

@@ -285,6 +285,59 @@ def test_how_an_ensemble_is_split_across_cores_changes_no_result(method, monkeyp
         np.testing.assert_allclose(one.F_test, three.F_test, rtol=1e-12, atol=1e-12)
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 300), st.integers(1, 64), st.integers(1, 4))
+def test_sample_parts_cover_the_samples_in_balanced_parts_and_those_computed_at_once_hold_at_most_chunk(n, chunk, cores):
+    parts = lf.sample_parts(n, chunk, cores)
+    assert [i for part in parts for i in range(n)[part]] == list(range(n))
+    sizes = [len(range(n)[part]) for part in parts]
+    assert len(parts) >= min(n, cores) and (len(parts) % cores == 0 or len(parts) == n)
+    assert max(sizes, default=0) - min(sizes, default=0) <= 1
+    assert all(sum(sizes[i:i + cores]) <= max(chunk, cores) for i in range(len(sizes)))
+
+
+def test_in_parallel_returns_results_in_order_and_runs_each_thread_on_one_blas_thread():
+    threads = []
+
+    def fn(i):
+        threads.append(lf.cpu_threads(np))
+        return i * i
+
+    assert lf.in_parallel(fn, list(range(5)), 2) == [0, 1, 4, 9, 16]
+    assert threads == [1] * 5
+
+
+def test_a_pass_is_split_over_cores_only_when_each_part_keeps_the_split_size_of_cache(monkeypatch):
+    net = lf.FC(5, 12, 2)
+    params, (x, *_) = net.init(0), toy_task()
+    monkeypatch.setattr(lf, "CPU_SPLIT_BYTES", net.cache_bytes(params, x, 5))
+    assert lf.sample_cores(net, params, x, 10, 2) == 2
+    assert lf.sample_cores(net, params, x, 9, 2) == 1
+    assert lf.sample_cores(net, params, x, 10, 1) == 1
+    assert net.cache_bytes(params, x, 10) == 2 * net.cache_bytes(params, x, 5) > 0
+
+
+@pytest.mark.parametrize("method", ["flow", "adam"])
+def test_splitting_one_networks_samples_over_cores_changes_its_run_only_by_rounding(method, monkeypatch):
+    """One CNN trained on 1 core and with its samples split over 2 (every pass split: CPU_SPLIT_BYTES
+    = 0) ends with the same status and steps, and the same test predictor to 1e-10."""
+    net = lf.CNN(1, 2)
+    (x, y), (xt, yt) = images(12, 0), images(6, 1)
+    options = dict(method=method, lr=1e-2, batch_size=6, max_steps=40, checkpoints=5)
+    monkeypatch.setattr(lf, "CPU_SPLIT_BYTES", 0)
+    cores_used, in_parallel = [], lf.in_parallel
+    monkeypatch.setattr(lf, "in_parallel", lambda fn, items, cores: cores_used.append(cores) or in_parallel(fn, items, cores))
+    runs = {}
+    for cores in (1, 2):
+        monkeypatch.setattr(lf, "cpu_threads", lambda xp, cores=cores: cores)
+        cores_used.clear()
+        runs[cores] = lf.train(net, net.init(3), x, y, 10.0, xt, yt, **options)
+        assert max(cores_used) == cores
+    one, two = runs[1], runs[2]
+    assert (one.status, one.steps_accepted, one.steps_rejected) == (two.status, two.steps_accepted, two.steps_rejected)
+    np.testing.assert_allclose(one.F_test, two.F_test, rtol=1e-10, atol=1e-12)
+
+
 def test_ensembles_on_the_cpu_keep_a_few_activations_per_core_in_the_cache():
     """Narrow nets fill an ensemble up to its cap; wide ones get as many members per core as fit in
     CORE_CACHE_BYTES, and at least one per core."""
