@@ -190,9 +190,11 @@ def format_bench(row):
         return (f"steps     {row['case']:<34} {row['ms_per_step']:9.1f} ms per accepted step "
                 f"({row['steps_rejected']} rejected){authors}")
     if row["bench"] == "ensemble":
+        ceiling = (f"; one at a time on one core {row['one_core_per_s']:.0f}: splitting over the cores "
+                   f"could gain {row['ceiling']:.2f}x" if "ceiling" in row else "")
         return (f"ensemble  {row['case']:<34} {row['ensemble_per_s']:9.0f} member-steps/s together, "
                 f"{row['solo_per_s']:.0f} one at a time: {row['speedup']:.2f}x "
-                f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'})")
+                f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'}){ceiling}")
     if row["bench"] == "throughput":
         return (f"throughput {row['case']:<44} {row['per_s']:9.1f} member-steps/s "
                 f"({row['member_steps']} in {row['seconds']:.1f} s)")
