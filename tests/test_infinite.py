@@ -33,6 +33,21 @@ variances = st.lists(st.floats(0.25, 4.0), min_size=8, max_size=8)
 correlations = st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8)
 
 
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_quadrature_does_not_depend_on_its_chunks_or_on_how_many_cores_share_them_beyond_rounding(n, chunk, cores, seed):
+    rng = np.random.default_rng(seed)
+    q1, q2 = rng.uniform(0.25, 4.0, (2, n))
+    q12 = rng.uniform(-1.0, 1.0, n) * np.sqrt(q1 * q2)
+    reference = kernels.gaussian_expectations("softplus", q1, q12, q2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(kernels.PAIRS_PER_CHUNK, "cpu", chunk)
+        patch.setattr(lf, "cpu_threads", lambda xp: cores)
+        split = kernels.gaussian_expectations("softplus", q1, q12, q2)
+    for a, b in zip(reference, split):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+
+
 @SETTINGS
 @given(variances, variances, correlations)
 def test_relu_quadrature_equals_the_arc_cosine_closed_form(q1, q2, rho):
