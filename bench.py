@@ -87,11 +87,13 @@ def gemm_bound(shapes, xp, dtype):
 
 
 def bench_gradient(name, net, x, device="cpu", dtype="float64"):
-    """One full-batch loss gradient of `net` on x, against its GEMM bound."""
+    """One full-batch loss gradient of `net` on x, its samples split over the cores as training does,
+    against its GEMM bound."""
     params = net.init(0, device, dtype)
     xp = lf.array_module(params[0])
     y = np.where(np.arange(len(x)) % 2 == 0, 1.0, -1.0)
     objective = lf.Objective(net, params, x, y, 1.0)
+    objective.split(lf.cpu_threads(xp), len(x))  # as training does
     seconds = median_time(lambda: objective.evaluate(params), xp)
     _, cache = net.forward(params, objective.x)
     shapes = gemm_shapes(net, cache)

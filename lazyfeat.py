@@ -959,6 +959,10 @@ class Objective:
             return self.net.predict(self.params0, x, self.chunk, self.cores)
         return array_module(x).zeros((len(self.params0[0]), len(x)), dtype=x.dtype)
 
+    def split(self, cores, n):
+        """Compute passes over n samples on `cores` cores where that pays (`sample_cores`), else on one."""
+        self.cores = sample_cores(self.net, self.params0, self.x, n, cores)
+
     def take(self, idx):
         """The objective of the members idx (an index array) only."""
         part = Objective.__new__(Objective)
@@ -1433,6 +1437,6 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
 
     threads = cpu_threads(array_module(params0[0]))
     n = len(objective.x) if method == "flow" else min(check_int("batch_size", batch_size), len(objective.x))
-    objective.cores = sample_cores(net, params0, objective.x, n, threads // min(threads, S))
+    objective.split(threads // min(threads, S), n)
     runs = across_cores(fit, S, threads)
     return runs[0] if single else runs
