@@ -930,7 +930,7 @@ class Objective:
     backward pass with g_mu = l'(y_mu F_mu) y_mu / (alpha p). For an ensemble every
     member has its own w0 and alpha, and everything is computed for all members at
     once. Samples are taken by parts so that memory stays bounded, and on the CPU
-    `cores` parts are computed at once (`train` sets it, with `sample_cores`).
+    `cores` parts are computed at once (`split` sets it; `train` calls it).
     """
 
     def __init__(self, net, params0, x, y, alpha, x_test=None, y_test=None,
