@@ -93,7 +93,7 @@ def bench_gradient(name, net, x, device="cpu", dtype="float64"):
     xp = lf.array_module(params[0])
     y = np.where(np.arange(len(x)) % 2 == 0, 1.0, -1.0)
     objective = lf.Objective(net, params, x, y, 1.0)
-    objective.split(lf.cpu_threads(xp), len(x))  # as training does
+    objective.split(lf.cpu_threads(xp), len(x))
     seconds = median_time(lambda: objective.evaluate(params), xp)
     _, cache = net.forward(params, objective.x)
     shapes = gemm_shapes(net, cache)
