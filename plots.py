@@ -96,8 +96,8 @@ def regimes(numbers, title):
 
 
 def fluctuations(numbers, title):
-    hs, alphas = numbers["h"], numbers["alpha_sqrt_h"]
-    fig, (ax_hvar, ax_var, ax_ens) = panels(3, title)
+    hs, alphas, comparison = numbers["h"], numbers["alpha_sqrt_h"], numbers["comparison"]
+    fig, (ax_hvar, ax_var, ax_ens, ax_cmp) = panels(4, title)
     for i, h in enumerate(hs):
         ax_hvar.plot(alphas, numbers["h_var"][h], color=colour(i, len(hs)), marker="o", ms=3, label=f"h = {h}")
     for j, regime in enumerate(("feature", "lazy")):
@@ -106,12 +106,14 @@ def fluctuations(numbers, title):
         ax_ens.plot(hs, 100 * np.array(numbers["ensemble_error"][regime]), "o-", color=c, label=f"ensemble, {regime}")
         ax_ens.plot(hs, 100 * np.array(numbers["single_error"][regime]), "o--", color=c, mfc="none",
                     label=f"single net, {regime}")
+        ax_cmp.plot(comparison["h"], 100 * np.array(comparison[regime]), "s-", color=c, label=f"ensemble, {regime}")
     var0 = numbers["var_at_ends"]["lazy"][0]
     reference_slope(ax_var, hs[0], var0, -1.0, hs[-1], "1/h")
     finish_axes(ax_hvar, ALPHA_SQRT_H, r"$h\,\mathrm{Var}_{seeds} F$", logy=True)
     finish_axes(ax_var, "h", r"$\mathrm{Var}_{seeds} F$", logy=True)
     infinite_width_line(ax_ens, numbers["h_inf_error"])
     finish_axes(ax_ens, "h", "test error (%)")
+    finish_axes(ax_cmp, "h", f"test error (%), ensembles at p = {comparison['p']}")
     return fig
 
 

@@ -102,6 +102,23 @@ def test_ensemble_errors_use_the_labels_of_the_runs_on_synthetic_data_with_d():
     lazy end. The labels must be those of the runs (sphere, d = 5); other labels give about 50 %."""
     numbers = run_planted("fluctuations", h=[10**4, 10**6], alpha_sqrt_h=[1e-2, 1e4]).numbers
     assert numbers["ensemble_error"] == {"feature": [0.10, 0.10], "lazy": [0.05, 0.05]}
+    assert numbers["comparison"] == {"h": [10**4, 10**6], "p": 20, "feature": [0.10, 0.10], "lazy": [0.05, 0.05]}
+
+
+def test_finding_3_compares_lazy_and_feature_ensembles_on_the_runs_of_its_comparison_part():
+    """With an ensemble_comparison part (its own p, h and seeds), the lazy - feature claim is measured on that
+    part's runs and test labels alone: at h = 10^6 the planted spread is negligible, so the ensembles err
+    exactly on the planted wrong points, 5 % (lazy) against 10 % (feature): -0.05, on the part's 3 seeds."""
+    part = {"dataset": "sphere", "d": 5, "p": 30, "p_test": 400, "L": 2, "h": [10**6], "seeds": 3, "kernel_points": 0}
+    context = planted.PlantedContext(model=planted.MODELS["fluctuations"], holds=True)
+    outcome = findings.fluctuations(context, {**PLANTED["fluctuations"], "ensemble_comparison": part})
+    compared = {(c["p"], c["h"], c["alpha_sqrt_h"], c["seed"]) for desc, _, configs in context.sweeps
+                if desc == "fluctuations ensemble comparison" for c in configs}
+    assert compared == {(30, 10**6, a, s) for a in (1e-2, 1e4) for s in range(3)}
+    holds, measured, low, high, note = verdicts_of(outcome)["ensemble error lazy - feature (mean over h)"]
+    assert holds is True and measured == pytest.approx(-0.05) and (low, high) == pytest.approx((-0.05, -0.05))
+    assert note.startswith("3 seeds at p=30, h=1000000")
+    assert outcome.numbers["comparison"] == {"h": [10**6], "p": 30, "feature": [0.10], "lazy": [0.05]}
 
 
 # ---------------------------------------------------------------------------
