@@ -58,7 +58,7 @@ def load_data(c):
     x, y, x_test, y_test = datasets.load(c["dataset"], c["p"], c["p_test"], seed=c["data_seed"],
                                          pca=c["pca"], d=d)
     if c["arch"] == "fc":
-        x, x_test = x.reshape(len(x), -1), x_test.reshape(len(x_test), -1)
+        x, x_test = (a.reshape(len(a), math.prod(a.shape[1:])) for a in (x, x_test))
     return x, y, x_test, y_test
 
 

@@ -28,6 +28,7 @@ the samples of one large network (`sample_cores`).
 """
 import ctypes
 import functools
+import hashlib
 import math
 import numbers
 import time
@@ -294,6 +295,8 @@ class Dense(Layer):
 
     The optional bias follows the paper's appendix: b starts at 0 and enters as
     `bias * b` (the paper uses bias = 0.1); bias = 0 means no bias parameter.
+    An input of k < fan_in features stands for one whose features k, k+1, ... are zero
+    (the training inputs of `DataSpan`): only W[:, :k] is read, and dW[:, k:] = 0.
     """
 
     def __init__(self, fan_in, fan_out, bias=0.0):
@@ -308,10 +311,12 @@ class Dense(Layer):
 
     def forward(self, params, a):
         """z[s] = a[s] W[s]^T / sqrt(fan_in); a shared input (n, fan_in) is one GEMM against all members' W."""
-        W = params[0]
+        W, k = params[0], a.shape[-1]
         S = len(W)
+        if k < self.fan_in:
+            W = W[..., :k]
         if shared(a, 1):
-            z = (a @ W.reshape(S * self.fan_out, self.fan_in).T).reshape(len(a), S, self.fan_out).transpose(1, 0, 2)
+            z = (a @ W.reshape(S * self.fan_out, k).T).reshape(len(a), S, self.fan_out).transpose(1, 0, 2)
         else:
             z = a @ W.transpose(0, 2, 1)
         z *= 1.0 / math.sqrt(self.fan_in)
@@ -324,12 +329,15 @@ class Dense(Layer):
 
     def backward_params(self, params, a, g):
         """dW[s] = g[s]^T a[s] / sqrt(fan_in); with a shared input, one GEMM for all members."""
-        S, n = g.shape[:2]
+        S, n, k = g.shape[0], g.shape[1], a.shape[-1]
         if shared(a, 1):
-            dW = (g.transpose(0, 2, 1).reshape(S * self.fan_out, n) @ a).reshape(S, self.fan_out, self.fan_in)
+            dW = (g.transpose(0, 2, 1).reshape(S * self.fan_out, n) @ a).reshape(S, self.fan_out, k)
         else:
             dW = g.transpose(0, 2, 1) @ a
         dW *= 1.0 / math.sqrt(self.fan_in)
+        if k < self.fan_in:
+            xp = array_module(dW)
+            dW = xp.concatenate([dW, xp.zeros((S, self.fan_out, self.fan_in - k), dtype=dW.dtype)], axis=2)
         return [dW, self.bias * g.sum(axis=1)] if self.bias else [dW]
 
     def jacobian(self, params, a, g):
@@ -1395,10 +1403,77 @@ def check_memory(net, params, x, n):
                          "(the sweep's --max-members), or lower chunk")
 
 
+class DataSpan:
+    """Gradient flow moves the first layer of an FC net only within the span of the training inputs.
+
+    The first layer's gradient dL/dW = sum_mu g_mu x_mu^T / sqrt(d) has every row in the span of
+    the p inputs x_mu, and so has every step of the flow (with or without momentum): a sum of
+    gradients. Rotate the input space by an orthogonal Q (d, d) whose first r columns span the
+    inputs (r = rank x <= p, from an SVD). The net is the same function of the rotated weights W Q
+    on the rotated inputs x Q, whose training inputs are zero beyond their first r features. So
+    on the training set the first layer's products read r columns instead of d (Dense reads a
+    narrower input so), and the rest of W Q keeps its initial value. For p = 300 images of
+    Fashion-MNIST, 300 columns instead of 784. Exact for the flow; not for Adam, whose steps are
+    not sums of gradients.
+    """
+
+    bases = {}  # the bases of the last few training sets, keyed by their bytes: one SVD per data set
+
+    def __init__(self, net, x):
+        net.check_input(x)
+        d = x.shape[1]
+        self.Q, self.r = self.basis(x)
+        self.x = x @ self.Q[:, :self.r]
+
+        def check_input(a):
+            if a.ndim != 2 or a.shape[1] not in (self.r, d):
+                raise ValueError(f"{net} in the span of its data takes inputs of shape (n, {self.r}) (training) "
+                                 f"or (n, {d}) (rotated), got {tuple(a.shape)}")
+
+        self.net = Network(net.layers, f"{net} in the span of {self.r} inputs", check_input, net.sample_ndim)
+
+    @classmethod
+    def basis(cls, x):
+        """(Q, r): Q the right singular vectors of x, r = rank x (the singular values above rounding)."""
+        xp, host = array_module(x), x.get() if hasattr(x, "get") else x
+        key = (xp.__name__, x.shape, str(x.dtype), hashlib.sha1(np.ascontiguousarray(host).tobytes()).hexdigest())
+        if key not in cls.bases:
+            _, s, vt = xp.linalg.svd(x, full_matrices=True)
+            tolerance = max(x.shape) * np.finfo(x.dtype).eps * float(s[0])
+            if len(cls.bases) == 4:
+                cls.bases.pop(next(iter(cls.bases)))
+            cls.bases[key] = vt.T, int((s > tolerance).sum())
+        return cls.bases[key]
+
+    @staticmethod
+    def applies(net, x):
+        """Whether it pays: an FC net (a Dense layer reads the input) with fewer samples than features."""
+        shape = np.shape(x)
+        return len(shape) == 2 and net.first_trained == 0 and isinstance(net.layers[0], Dense) and shape[0] < shape[1]
+
+    def inputs(self, x):
+        """Other inputs, rotated: x Q."""
+        return x @ self.Q
+
+    def rotate(self, params):
+        """The weights that act on rotated inputs: the first layer's W Q (one network or an ensemble)."""
+        return [params[0] @ self.Q] + list(params[1:])
+
+    def original(self, params):
+        """The weights back in the input's own coordinates: the first layer's (W Q) Q^T."""
+        return [params[0] @ self.Q.T] + list(params[1:])
+
+    def callback(self, callback):
+        """A checkpoint callback that sees the weights in the input's own coordinates (None stays None)."""
+        if callback is None:
+            return None
+        return lambda params, record: callback(self.original(params), record)
+
+
 def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow", loss="softhinge",
           subtract_f0=True, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.0, lr=1e-3, batch_size=32,
           seed=0, max_time=math.inf, max_wall=math.inf, max_steps=None, checkpoints=10,
-          callback=None, chunk=CHUNK):
+          callback=None, chunk=CHUNK, data_span=True):
     """Train F(w, x) = alpha [f(w, x) - f(w0, x)] on (x, y) from w0 = params0.
 
     params0: one network (`net.init(seed)`) with alpha a number, or an ensemble
@@ -1410,7 +1485,9 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
     max_time / max_wall (seconds) / max_steps, or when diverged. `callback(params,
     record)` (one for all members, or a list of one per member) runs at each
     checkpoint with the member's parameters and may return a dict of extra fields
-    for the record (e.g. the kernel change).
+    for the record (e.g. the kernel change). data_span: train the flow of an FC net with
+    fewer samples than input features in the span of its data (`DataSpan`; the same run,
+    faster).
     Returns a `Run` for one network, a list of S `Run`s for an ensemble.
     """
     if method not in ("flow", "adam"):
@@ -1418,11 +1495,17 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
     if (x_test is None) != (y_test is None):
         raise ValueError("give both x_test and y_test, or neither")
     params0, single = net.members(params0)
-    objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk)
     S = len(params0[0])
+    callbacks, seeds = one_per_member(callback, S, "callback"), one_per_member(seed, S, "seed")
+    xp, dtype = array_module(params0[0]), params0[0].dtype
+    span = None
+    if method == "flow" and data_span and DataSpan.applies(net, x):
+        span = DataSpan(net, xp.asarray(x, dtype=dtype))
+        net, params0, x, callbacks = span.net, span.rotate(params0), span.x, [span.callback(c) for c in callbacks]
+        x_test = None if x_test is None else span.inputs(xp.asarray(x_test, dtype=dtype))
+    objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk)
     if not single:
         check_memory(net, params0, objective.x, min(chunk, len(objective.x)))
-    callbacks, seeds = one_per_member(callback, S, "callback"), one_per_member(seed, S, "seed")
     limits = dict(max_time=max_time, max_wall=max_wall, max_steps=max_steps, checkpoints=checkpoints)
 
     def fit(idx):
@@ -1435,8 +1518,11 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
             return gradient_flow(part, state, max_dgrad=max_dgrad, max_dout=max_dout, dt=dt, tau=tau, **kept)
         return adam(part, state, lr=lr, batch_size=batch_size, seed=[seeds[i] for i in idx], **kept)
 
-    threads = cpu_threads(array_module(params0[0]))
+    threads = cpu_threads(xp)
     n = len(objective.x) if method == "flow" else min(check_int("batch_size", batch_size), len(objective.x))
     objective.split(threads // min(threads, S), n)
     runs = across_cores(fit, S, threads)
+    if span:
+        for run in runs:
+            run.state = span.original(run.state)
     return runs[0] if single else runs

@@ -189,6 +189,9 @@ def format_bench(row):
                    if "of_authors" in row else "")
         return (f"steps     {row['case']:<34} {row['ms_per_step']:9.1f} ms per accepted step "
                 f"({row['steps_rejected']} rejected){authors}")
+    if row["bench"] == "span":
+        return (f"span      {row['case']:<34} {row['span_ms']:9.1f} ms per accepted step in the span of the data, "
+                f"{row['plain_ms']:.1f} without: {row['speedup']:.2f}x")
     if row["bench"] == "ensemble":
         ceiling = (f"; one at a time on one core {row['one_core_per_s']:.0f}: splitting over the cores "
                    f"could gain {row['ceiling']:.2f}x" if "ceiling" in row else "")

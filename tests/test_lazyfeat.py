@@ -271,3 +271,83 @@ def test_bad_labels_loss_and_method_raise_clear_errors():
         lf.train(net, net.init(0), x, y, 1.0, method="sgd")
     with pytest.raises(ValueError, match="device must be 'cpu' or 'gpu'"):
         net.init(0, device="tpu")
+
+
+# ---------------------------------------------------------------------------
+# The first layer in the span of the data (lazyfeat.DataSpan)
+# ---------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(st.integers(2, 8), st.integers(1, 7), st.integers(1, 5), st.integers(1, 3), st.booleans(), st.integers(0, 2**16))
+def test_dense_reading_a_narrower_input_equals_reading_it_padded_with_zeros(d, k, h, S, own, seed):
+    """Dense(d) on k < d features computes what it computes on them followed by d - k zeros, and its
+    weight gradient is zero for the missing features; for a shared input and per-member inputs."""
+    assume(k < d)
+    rng = np.random.default_rng(seed)
+    layer = lf.Dense(d, h)
+    params = [rng.standard_normal((S, h, d))]
+    a = rng.standard_normal((S, 4, k) if own else (4, k))
+    padded = np.concatenate([a, np.zeros(a.shape[:-1] + (d - k,))], axis=-1)
+    g = rng.standard_normal((S, 4, h))
+    np.testing.assert_allclose(layer.forward(params, a)[0], layer.forward(params, padded)[0], rtol=1e-13, atol=1e-13)
+    narrow, full = layer.backward_params(params, a, g)[0], layer.backward_params(params, padded, g)[0]
+    assert narrow.shape == full.shape and not narrow[..., k:].any()
+    np.testing.assert_allclose(narrow, full, rtol=1e-13, atol=1e-13)
+
+
+@st.composite
+def span_task(draw):
+    """An FC net with more input features than samples, some samples repeated (rank < p), and its data."""
+    d, p = draw(st.integers(4, 12)), draw(st.integers(2, 6))
+    assume(p < d)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((p, d))
+    repeats = draw(st.integers(0, p - 1))
+    x[:repeats] = x[p - 1]
+    teacher = rng.standard_normal(d)  # repeated samples get the same label
+    y = np.where(x @ teacher > 0, 1.0, -1.0)
+    x_test = rng.standard_normal((7, d))
+    net = lf.FC(d, draw(st.integers(2, 8)), draw(st.integers(1, 3)), draw(st.sampled_from(ACTS)),
+                draw(st.sampled_from([0.0, 0.1])))
+    return net, x, y, x_test, np.where(x_test @ teacher > 0, 1.0, -1.0), p - repeats
+
+
+@SETTINGS
+@given(span_task(), st.lists(st.floats(-2, 2), min_size=1, max_size=3), st.sampled_from([0.0, 0.3]))
+def test_flow_in_the_span_of_the_data_is_the_same_run(task, log_alphas, tau):
+    """The rotated run trains r = rank x input columns, and ends as the plain run does: same status and
+    accepted steps (a step decision may flip on rounding: within 1 %), the same F_test, the same final
+    weights in the input's own coordinates, and callbacks that see those coordinates."""
+    net, x, y, x_test, y_test, rank = task
+    S = len(log_alphas)
+    params0, alphas = net.init(list(range(S))), [10.0**a for a in log_alphas]
+    assert lf.DataSpan(net, x).r == rank
+
+    def run(span):
+        seen = [[] for _ in range(S)]  # per member: its callbacks may run in threads of their own
+        callbacks = [lambda params, record, s=s: seen[s].append(net.predict(params, x_test)) or {} for s in range(S)]
+        runs = lf.train(net, params0, x, y, alphas, x_test, y_test, tau=tau, max_steps=60, callback=callbacks,
+                        checkpoints=5, data_span=span)
+        return runs, [f for member in seen for f in member]
+
+    (plain, plain_seen), (rotated, rotated_seen) = run(False), run(True)
+    for a, b in zip(plain, rotated):
+        assert a.status == b.status and abs(a.steps_accepted - b.steps_accepted) <= 0.01 * a.steps_accepted + 1
+        if a.steps_accepted == b.steps_accepted:  # to 1e-8 of an output or a weight of order one
+            np.testing.assert_allclose(b.F_test, a.F_test, atol=1e-8 * max(1.0, np.abs(a.F_test).max()))
+            for u, v in zip(a.params, b.params):
+                np.testing.assert_allclose(v, u, atol=1e-8 * max(1.0, np.abs(u).max()))
+    assert len(plain_seen) == len(rotated_seen)
+    for u, v in zip(plain_seen, rotated_seen):
+        np.testing.assert_allclose(v, u, atol=1e-8 * max(1.0, np.abs(u).max()))
+
+
+def test_the_data_span_serves_only_the_flow_of_an_fc_net_with_fewer_samples_than_features():
+    fc, cnn = lf.FC(6, 3, 2), lf.CNN(1, 2)
+    assert lf.DataSpan.applies(fc, np.zeros((5, 6)))
+    assert not lf.DataSpan.applies(fc, np.zeros((6, 6)))
+    assert not lf.DataSpan.applies(cnn, np.zeros((5, 1, 19, 19)))
+    x, y, _, _ = toy_task(p=4, d=6)
+    adam = [lf.train(fc, fc.init(0), x, y, 1.0, method="adam", max_steps=5, data_span=span) for span in (True, False)]
+    assert all(np.array_equal(u, v) for u, v in zip(adam[0].params, adam[1].params))

@@ -196,3 +196,9 @@ def test_planted_labels_follow_the_run_config():
     base = experiments.full_config({"dataset": "sphere", "p": 10, "p_test": 400})
     with_d, without_d = planted.run_labels({**base, "d": 5}), planted.run_labels(base)
     assert 0.3 < np.mean(with_d != without_d) < 0.7
+
+
+def test_the_fc_net_flattens_images_even_without_test_points():
+    config = experiments.full_config({"dataset": "sphere", "d": [1, 6, 6], "p": 5, "p_test": 0})
+    x, y, x_test, y_test = experiments.load_data(config)
+    assert x.shape == (5, 36) and x_test.shape == (0, 36) and len(y_test) == 0
