@@ -14,7 +14,8 @@ top to bottom:
    L(w) = 1 / (alpha^2 p) sum_mu l(y_mu F(w, x_mu));
 6. the integrator of gradient flow dw/dt = -grad L with the paper's adaptive
    time step, generic over the state (kernels.py reuses it);
-7. `train`: gradient flow or Adam on a network, with stop rules and records.
+7. `train`: gradient flow or Adam on a network, with stop rules and records
+   (the flow moves an FC net's first layer within the span of its data: `DataSpan`).
 
 An ensemble. The paper's findings need many networks of one architecture on one
 data set, differing only in their initialisation seed and in alpha. The engine
