@@ -296,8 +296,9 @@ class Dense(Layer):
 
     The optional bias follows the paper's appendix: b starts at 0 and enters as
     `bias * b` (the paper uses bias = 0.1); bias = 0 means no bias parameter.
-    An input of k < fan_in features stands for one whose features k, k+1, ... are zero
-    (the training inputs of `DataSpan`): only W[:, :k] is read, and dW[:, k:] = 0.
+    Weights of k < fan_in columns, W[:, :k], on inputs of k features compute what W does on
+    those inputs followed by zeros (the training inputs of `DataSpan`); the normalisation
+    stays 1 / sqrt(fan_in).
     """
 
     def __init__(self, fan_in, fan_out, bias=0.0):
@@ -312,10 +313,8 @@ class Dense(Layer):
 
     def forward(self, params, a):
         """z[s] = a[s] W[s]^T / sqrt(fan_in); a shared input (n, fan_in) is one GEMM against all members' W."""
-        W, k = params[0], a.shape[-1]
-        S = len(W)
-        if k < self.fan_in:
-            W = W[..., :k]
+        W = params[0]
+        S, k = len(W), W.shape[-1]
         if shared(a, 1):
             z = (a @ W.reshape(S * self.fan_out, k).T).reshape(len(a), S, self.fan_out).transpose(1, 0, 2)
         else:
@@ -336,9 +335,6 @@ class Dense(Layer):
         else:
             dW = g.transpose(0, 2, 1) @ a
         dW *= 1.0 / math.sqrt(self.fan_in)
-        if k < self.fan_in:
-            xp = array_module(dW)
-            dW = xp.concatenate([dW, xp.zeros((S, self.fan_out, self.fan_in - k), dtype=dW.dtype)], axis=2)
         return [dW, self.bias * g.sum(axis=1)] if self.bias else [dW]
 
     def jacobian(self, params, a, g):
@@ -940,11 +936,14 @@ class Objective:
     member has its own w0 and alpha, and everything is computed for all members at
     once. Samples are taken by parts so that memory stays bounded, and on the CPU
     `cores` parts are computed at once (`split` sets it; `train` calls it).
+    `frozen` (S, fan_out, d - k): the first layer's weights for the input features that
+    the training inputs lack (all zero there, `DataSpan`), held fixed; the test inputs
+    have every feature, and the test predictor reads them.
     """
 
     def __init__(self, net, params0, x, y, alpha, x_test=None, y_test=None,
-                 loss="softhinge", subtract_f0=True, chunk=CHUNK):
-        self.net = net
+                 loss="softhinge", subtract_f0=True, chunk=CHUNK, frozen=None):
+        self.net, self.frozen = net, frozen
         self.params0, self.single = net.members(params0)
         self.l, self.dl = check_loss(loss)
         self.chunk, self.cores = check_int("chunk", chunk), 1
@@ -954,19 +953,25 @@ class Objective:
         self.x, self.y = xp.asarray(x, dtype=dtype), xp.asarray(y, dtype=dtype)
         net.check_input(self.x)
         check_labels(self.y, len(self.x))
-        self.f0 = self.initial(self.x, subtract_f0)
+        self.f0 = self.initial(self.params0, self.x, subtract_f0)
         self.x_test = self.y_test = None
         if x_test is not None:
             self.x_test, self.y_test = xp.asarray(x_test, dtype=dtype), xp.asarray(y_test, dtype=dtype)
             net.check_input(self.x_test)
             check_labels(self.y_test, len(self.x_test), "y_test")
-            self.f0_test = self.initial(self.x_test, subtract_f0)
+            self.f0_test = self.initial(self.complete(self.params0), self.x_test, subtract_f0)
 
-    def initial(self, x, subtract_f0):
+    def initial(self, params0, x, subtract_f0):
         """f(w0, x) of every member, (S, n), or zeros when f(w0) is kept in F (the appendix's alpha f)."""
         if subtract_f0:
-            return self.net.predict(self.params0, x, self.chunk, self.cores)
-        return array_module(x).zeros((len(self.params0[0]), len(x)), dtype=x.dtype)
+            return self.net.predict(params0, x, self.chunk, self.cores)
+        return array_module(x).zeros((len(params0[0]), len(x)), dtype=x.dtype)
+
+    def complete(self, params):
+        """The parameters (member axis first) for inputs of every feature: the frozen columns appended."""
+        if self.frozen is None:
+            return params
+        return [array_module(params[0]).concatenate([params[0], self.frozen], axis=-1)] + list(params[1:])
 
     def split(self, cores, n):
         """Compute passes over n samples on `cores` cores where that pays (`sample_cores`), else on one."""
@@ -978,6 +983,7 @@ class Objective:
         part.__dict__.update(self.__dict__)
         part.params0 = [w[idx] for w in self.params0]
         part.alpha, part.f0 = self.alpha[idx], self.f0[idx]
+        part.frozen = None if self.frozen is None else self.frozen[idx]
         if self.x_test is not None:
             part.f0_test = self.f0_test[idx]
         return part
@@ -1017,7 +1023,7 @@ class Objective:
         """The test predictor alpha [f(w, x_test) - f(w0, x_test)] of every member (S, n_test), or None."""
         if self.x_test is None:
             return None
-        return self.alpha * (self.net.predict(params, self.x_test, self.chunk, self.cores) - self.f0_test)
+        return self.alpha * (self.net.predict(self.complete(params), self.x_test, self.chunk, self.cores) - self.f0_test)
 
     def observe(self, params, point):
         """The records of one checkpoint, one device value per member: train fit, |F|, test fit, |w - w0|."""
@@ -1412,19 +1418,23 @@ class DataSpan:
     gradients. Rotate the input space by an orthogonal Q (d, d) whose first r columns span the
     inputs (r = rank x <= p, from an SVD). The net is the same function of the rotated weights W Q
     on the rotated inputs x Q, whose training inputs are zero beyond their first r features. So
-    on the training set the first layer's products read r columns instead of d (Dense reads a
-    narrower input so), and the rest of W Q keeps its initial value. For p = 300 images of
-    Fashion-MNIST, 300 columns instead of 784. Exact for the flow; not for Adam, whose steps are
-    not sums of gradients.
+    the flow trains the first r columns of W Q on the training inputs' first r features (`params0`,
+    `x`), and the other columns keep their initial values (`frozen`, read only by test inputs).
+    For p = 300 images of Fashion-MNIST, 300 columns instead of 784. Exact for the flow; not for
+    Adam, whose steps are not sums of gradients.
     """
 
     bases = {}  # the bases of the last few training sets, keyed by their bytes: one SVD per data set
 
-    def __init__(self, net, x):
+    def __init__(self, net, params0, x):
+        """params0 with the member axis; x the training inputs (p, d), p < d."""
         net.check_input(x)
         d = x.shape[1]
         self.Q, self.r = self.basis(x)
         self.x = x @ self.Q[:, :self.r]
+        rotated = params0[0] @ self.Q
+        self.params0 = [rotated[..., :self.r].copy()] + list(params0[1:])
+        self.frozen = rotated[..., self.r:].copy()
 
         def check_input(a):
             if a.ndim != 2 or a.shape[1] not in (self.r, d):
@@ -1456,19 +1466,16 @@ class DataSpan:
         """Other inputs, rotated: x Q."""
         return x @ self.Q
 
-    def rotate(self, params):
-        """The weights that act on rotated inputs: the first layer's W Q (one network or an ensemble)."""
-        return [params[0] @ self.Q] + list(params[1:])
+    def original(self, params, s):
+        """Member s's weights back in the input's own coordinates: its first layer's [W Q] Q^T."""
+        xp = array_module(params[0])
+        return [xp.concatenate([params[0], self.frozen[s]], axis=-1) @ self.Q.T] + list(params[1:])
 
-    def original(self, params):
-        """The weights back in the input's own coordinates: the first layer's (W Q) Q^T."""
-        return [params[0] @ self.Q.T] + list(params[1:])
-
-    def callback(self, callback):
-        """A checkpoint callback that sees the weights in the input's own coordinates (None stays None)."""
+    def callback(self, callback, s):
+        """Member s's checkpoint callback, seeing the weights in the input's own coordinates (None stays None)."""
         if callback is None:
             return None
-        return lambda params, record: callback(self.original(params), record)
+        return lambda params, record: callback(self.original(params, s), record)
 
 
 def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow", loss="softhinge",
@@ -1499,12 +1506,13 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
     S = len(params0[0])
     callbacks, seeds = one_per_member(callback, S, "callback"), one_per_member(seed, S, "seed")
     xp, dtype = array_module(params0[0]), params0[0].dtype
-    span = None
+    span = frozen = None
     if method == "flow" and data_span and DataSpan.applies(net, x):
-        span = DataSpan(net, xp.asarray(x, dtype=dtype))
-        net, params0, x, callbacks = span.net, span.rotate(params0), span.x, [span.callback(c) for c in callbacks]
+        span = DataSpan(net, params0, xp.asarray(x, dtype=dtype))
+        net, params0, x, frozen = span.net, span.params0, span.x, span.frozen
+        callbacks = [span.callback(c, s) for s, c in enumerate(callbacks)]
         x_test = None if x_test is None else span.inputs(xp.asarray(x_test, dtype=dtype))
-    objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk)
+    objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk, frozen)
     if not single:
         check_memory(net, params0, objective.x, min(chunk, len(objective.x)))
     limits = dict(max_time=max_time, max_wall=max_wall, max_steps=max_steps, checkpoints=checkpoints)
@@ -1524,6 +1532,6 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
     objective.split(threads // min(threads, S), n)
     runs = across_cores(fit, S, threads)
     if span:
-        for run in runs:
-            run.state = span.original(run.state)
+        for s, run in enumerate(runs):
+            run.state = span.original(run.state, s)
     return runs[0] if single else runs

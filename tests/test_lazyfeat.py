@@ -280,20 +280,22 @@ def test_bad_labels_loss_and_method_raise_clear_errors():
 
 @SETTINGS
 @given(st.integers(2, 8), st.integers(1, 7), st.integers(1, 5), st.integers(1, 3), st.booleans(), st.integers(0, 2**16))
-def test_dense_reading_a_narrower_input_equals_reading_it_padded_with_zeros(d, k, h, S, own, seed):
-    """Dense(d) on k < d features computes what it computes on them followed by d - k zeros, and its
-    weight gradient is zero for the missing features; for a shared input and per-member inputs."""
+def test_dense_weights_of_fewer_columns_equal_the_full_weights_on_inputs_padded_with_zeros(d, k, h, S, own, seed):
+    """Dense(d) with the first k columns of W, on k features, computes what W computes on them followed by
+    d - k zeros, and its weight gradient is the first k columns of W's (the others are zero); for a shared
+    input and per-member inputs."""
     assume(k < d)
     rng = np.random.default_rng(seed)
     layer = lf.Dense(d, h)
-    params = [rng.standard_normal((S, h, d))]
+    W = rng.standard_normal((S, h, d))
     a = rng.standard_normal((S, 4, k) if own else (4, k))
     padded = np.concatenate([a, np.zeros(a.shape[:-1] + (d - k,))], axis=-1)
     g = rng.standard_normal((S, 4, h))
-    np.testing.assert_allclose(layer.forward(params, a)[0], layer.forward(params, padded)[0], rtol=1e-13, atol=1e-13)
-    narrow, full = layer.backward_params(params, a, g)[0], layer.backward_params(params, padded, g)[0]
-    assert narrow.shape == full.shape and not narrow[..., k:].any()
-    np.testing.assert_allclose(narrow, full, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(layer.forward([W[..., :k].copy()], a)[0], layer.forward([W], padded)[0],
+                               rtol=1e-13, atol=1e-13)
+    narrow, full = layer.backward_params([W[..., :k].copy()], a, g)[0], layer.backward_params([W], padded, g)[0]
+    assert narrow.shape == (S, h, k) and not full[..., k:].any()
+    np.testing.assert_allclose(narrow, full[..., :k], rtol=1e-13, atol=1e-13)
 
 
 @st.composite
@@ -322,7 +324,7 @@ def test_flow_in_the_span_of_the_data_is_the_same_run(task, log_alphas, tau):
     net, x, y, x_test, y_test, rank = task
     S = len(log_alphas)
     params0, alphas = net.init(list(range(S))), [10.0**a for a in log_alphas]
-    assert lf.DataSpan(net, x).r == rank
+    assert lf.DataSpan(net, net.members(params0)[0], x).r == rank
 
     def run(span):
         seen = [[] for _ in range(S)]  # per member: its callbacks may run in threads of their own
