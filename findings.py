@@ -475,9 +475,10 @@ def fluctuations(ctx, sizes):
         c_hs, c_n, c_p = part["h"], part["seeds"], part["p"]
         compared = run_grid(ctx, part, c_hs, sorted(set(ends.values())), "fluctuations ensemble comparison")
         cF, cy = predictors(compared), run_test_labels(run_config(ctx, part, c_hs[0], ends["feature"], 0))
+        c_single = {key: seed_array(rs, "test_error") for key, rs in compared.items()}
         notes = [f"ensemble comparison (p={c_p}): {status_note(compared)}"]
     else:
-        cF, cy, c_hs, c_n, c_p, notes = F, y, hs, n, sizes["p"], []
+        cF, cy, c_single, c_hs, c_n, c_p, notes = F, y, single, hs, n, sizes["p"], []
     lazy_minus_feature = lambda idx: np.mean([ensemble_error(cF[h, ends["lazy"]], cy, idx)
                                               - ensemble_error(cF[h, ends["feature"]], cy, idx) for h in c_hs])
     claims.append(claim(V.sign_claim, "ensemble error lazy - feature (mean over h)", lazy_minus_feature, c_n, -1,
@@ -498,8 +499,12 @@ def fluctuations(ctx, sizes):
         "ensemble_error": {regime: [ensemble_error(F[h, a], y, all_seeds) for h in hs] for regime, a in ends.items()},
         "single_error": {regime: [float(single[h, a].mean()) for h in hs] for regime, a in ends.items()},
         "h_inf_error": inf["test_error"],
-        "comparison": {"h": c_hs, "p": c_p, **{regime: [ensemble_error(cF[h, a], cy, np.arange(c_n)) for h in c_hs]
-                                                for regime, a in ends.items()}},
+        "comparison": {
+            "h": c_hs, "p": c_p,
+            "ensemble_error": {regime: [ensemble_error(cF[h, a], cy, np.arange(c_n)) for h in c_hs]
+                               for regime, a in ends.items()},
+            "single_error": {regime: [float(c_single[h, a].mean()) for h in c_hs] for regime, a in ends.items()},
+        },
     }
     return Outcome("fluctuations", "Finding 3: output fluctuations delta F ~ h^(-1/2) in both regimes",
                    numbers, claims, [status_note(runs)] + notes)

@@ -106,7 +106,10 @@ def fluctuations(numbers, title):
         ax_ens.plot(hs, 100 * np.array(numbers["ensemble_error"][regime]), "o-", color=c, label=f"ensemble, {regime}")
         ax_ens.plot(hs, 100 * np.array(numbers["single_error"][regime]), "o--", color=c, mfc="none",
                     label=f"single net, {regime}")
-        ax_cmp.plot(comparison["h"], 100 * np.array(comparison[regime]), "s-", color=c, label=f"ensemble, {regime}")
+        ax_cmp.plot(comparison["h"], 100 * np.array(comparison["ensemble_error"][regime]), "s-", color=c,
+                    label=f"ensemble, {regime}")
+        ax_cmp.plot(comparison["h"], 100 * np.array(comparison["single_error"][regime]), "s--", color=c, mfc="none",
+                    label=f"single net, {regime}")
     var0 = numbers["var_at_ends"]["lazy"][0]
     reference_slope(ax_var, hs[0], var0, -1.0, hs[-1], "1/h")
     finish_axes(ax_hvar, ALPHA_SQRT_H, r"$h\,\mathrm{Var}_{seeds} F$", logy=True)
