@@ -197,6 +197,11 @@ def seed_array(runs, field_name):
     return np.array([run[field_name] for run in runs], dtype=float)
 
 
+def seed_arrays(runs_by_key, field_name):
+    """seed_array of every key: e.g. {(h, alpha sqrt(h)): F_test of shape (seeds, points)}."""
+    return {key: seed_array(runs, field_name) for key, runs in runs_by_key.items()}
+
+
 def run_test_labels(config):
     """The test labels of a run, from the data path of the run itself (experiments.load_data)."""
     return experiments.load_data(experiments.full_config(config))[3]
@@ -437,11 +442,6 @@ def ensemble_error(F, y, idx):
     return float(np.mean(y * F[idx].mean(axis=0) <= 0))
 
 
-def predictors(runs):
-    """The test predictors of runs_by_key: {key: F of shape (seeds, points)}."""
-    return {key: np.array([r["F_test"] for r in rs]) for key, rs in runs.items()}
-
-
 def fluctuations(ctx, sizes):
     """Finding 3: Var over seeds of F against h in both regimes, h Var against alpha sqrt(h), ensembles.
 
@@ -457,8 +457,7 @@ def fluctuations(ctx, sizes):
     runs = run_grid(ctx, sizes, hs, alphas, "fluctuations")
     runs.update(run_grid(ctx, {**sizes, "seeds": n}, hs, sorted(set(ends.values())), "fluctuations ends"))
     y = run_test_labels(run_config(ctx, sizes, hs[0], alphas[0], 0))
-    F = predictors(runs)
-    single = {key: seed_array(rs, "test_error") for key, rs in runs.items()}
+    F, single = seed_arrays(runs, "F_test"), seed_arrays(runs, "test_error")
     lacking = {regime: end_lacking(alphas, regime) for regime in ends}
     claims = []
     for regime, a in ends.items():
@@ -474,8 +473,8 @@ def fluctuations(ctx, sizes):
     if part:
         c_hs, c_n, c_p = part["h"], part["seeds"], part["p"]
         compared = run_grid(ctx, part, c_hs, sorted(set(ends.values())), "fluctuations ensemble comparison")
-        cF, cy = predictors(compared), run_test_labels(run_config(ctx, part, c_hs[0], ends["feature"], 0))
-        c_single = {key: seed_array(rs, "test_error") for key, rs in compared.items()}
+        cF, c_single = seed_arrays(compared, "F_test"), seed_arrays(compared, "test_error")
+        cy = run_test_labels(run_config(ctx, part, c_hs[0], ends["feature"], 0))
         notes = [f"ensemble comparison (p={c_p}): {status_note(compared)}"]
     else:
         cF, cy, c_single, c_hs, c_n, c_p, notes = F, y, single, hs, n, sizes["p"], []
