@@ -143,9 +143,9 @@ def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
     Both sides do the same accepted steps (an ensemble member is its solo run), so the
     ratio of their walls is the speed-up. The sides run in turn, `repeat` times; the
     median wall of each counts. On a CPU of several cores a third side trains the
-    networks one at a time on one core: `cores` such runs side by side would reach
-    cores x its speed, which bounds what splitting the members over the cores can
-    gain (`ceiling`, against one at a time); an ensemble beats it only by sharing work.
+    networks one at a time on each core, the cores side by side (`lazyfeat.in_parallel`):
+    what splitting the members over the cores gains without sharing any work (`split`,
+    against one at a time). An ensemble beats it only by sharing work between its members.
     """
     import findings
 
@@ -169,8 +169,7 @@ def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
                                               for r in experiments.fit_ensemble(configs[i:i + size])])
         alone = timed("solo", lambda: [experiments.fit(c) for c in configs])
         if cores > 1:
-            with lf.blas().limit(limits=1):
-                timed("one core", lambda: [experiments.fit(c) for c in configs])
+            timed("side by side", lambda: lf.in_parallel(experiments.fit, configs, cores))
     member_steps = sum(r["steps_accepted"] for r in together)
     per_s = {side: member_steps / statistics.median(wall) for side, wall in walls.items()}
     row = {"bench": "ensemble", "case": f"FC L=3 h={h} fashion p=300, {len(configs)} networks by {size}, "
@@ -179,7 +178,7 @@ def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
            "ensemble_per_s": per_s["ensemble"], "solo_per_s": per_s["solo"],
            "speedup": per_s["ensemble"] / per_s["solo"]}
     if cores > 1:
-        row.update(one_core_per_s=per_s["one core"], ceiling=cores * per_s["one core"] / per_s["solo"])
+        row.update(side_by_side_per_s=per_s["side by side"], split=per_s["side by side"] / per_s["solo"])
     return row
 
 
@@ -219,7 +218,8 @@ def fc_cost(h, L=3, d=784):
 
 
 def paper_runs(name):
-    """{h: number of runs} of the FC runs of a finding at paper scale (crossover without its bisection)."""
+    """{(h, L, d, p): number of runs} of the FC runs of a finding at paper scale (crossover without its
+    bisection); d is the input dimension (784 pixels, or the PCA's)."""
     import findings
 
     sizes = findings.SCALES["paper"][name]
@@ -228,15 +228,30 @@ def paper_runs(name):
     runs = collections.Counter()
     for part in parts:
         for h in part["h"]:
-            runs[h] += len(part["ends"] if "ends" in part else part["alpha_sqrt_h"]) * part["seeds"]
+            shape = (h, part["L"], part.get("pca") or 784, part["p"])
+            runs[shape] += len(part["ends"] if "ends" in part else part["alpha_sqrt_h"]) * part["seeds"]
     return runs
+
+
+def projected_hours(steps_per_run, member_steps_per_s, h, p):
+    """{finding: hours} of each finding's FC runs at paper scale, from member-steps per second measured at width h
+    (L=3, d=784) on p points: every run takes steps_per_run steps (those measured; runs on fewer points may
+    need fewer), each costing p' fc_cost(h', L', d') / (p fc_cost(h)) of a measured step."""
+    import findings
+
+    def relative_cost(shape):
+        width, L, d, points = shape
+        return points * fc_cost(width, L, d) / (p * fc_cost(h))
+
+    return {name: sum(n * steps_per_run * relative_cost(shape) for shape, n in paper_runs(name).items())
+            / member_steps_per_s / 3600 for name in findings.SCALES["paper"]}
 
 
 def paper_projection(h, p, p_test, members, max_wall, device="cpu", dtype="float64"):
     """Train `members` networks of finding 1's paper grid (FC L=3 width h, seed 0, alpha sqrt(h) spread over
     the paper's half decades) to the end or for max_wall seconds, and project each finding's FC runs at paper
-    scale: runs x accepted steps per run (the most any member took: a lower bound if one did not fit) x the
-    step cost of their width relative to h (fc_cost) / the member-steps per second measured here."""
+    scale (`projected_hours`) with the accepted steps of the longest member: a lower bound (`at_least`)
+    unless every member fitted."""
     import findings
 
     half_decades = findings.PAPER_GRID["alpha_sqrt_h"]
@@ -248,11 +263,11 @@ def paper_projection(h, p, p_test, members, max_wall, device="cpu", dtype="float
     seconds = time.perf_counter() - start
     per_s = sum(r["steps_accepted"] for r in results) / seconds
     steps = max(r["steps_accepted"] for r in results)
-    hours = {name: sum(n * steps * fc_cost(width) / fc_cost(h) for width, n in paper_runs(name).items()) / per_s / 3600
-             for name in findings.SCALES["paper"]}
+    fitted = sum(r["status"] == "fitted" for r in results)
     return {"bench": "projection", "case": f"{len(configs)} x FC L=3 h={h} p={p} p_test={p_test}, {device}",
-            "seconds": seconds, "fitted": sum(r["status"] == "fitted" for r in results), "members": len(configs),
-            "steps_per_run": steps, "member_steps_per_s": per_s, "projected_hours": hours}
+            "seconds": seconds, "fitted": fitted, "members": len(configs), "steps_per_run": steps,
+            "member_steps_per_s": per_s, "projected_hours": projected_hours(steps, per_s, h, p),
+            "at_least": fitted < len(configs)}
 
 
 def device_benchmarks(device="gpu", dtype="float64", members=64, p=10_000, steps=50, max_wall=240):

@@ -32,6 +32,7 @@ import functools
 import hashlib
 import math
 import numbers
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -1425,6 +1426,7 @@ class DataSpan:
     """
 
     bases = {}  # the bases of the last few training sets, keyed by their bytes: one SVD per data set
+    bases_lock = threading.Lock()  # trainings in threads of one process (a bench, a Dask worker) share them
 
     def __init__(self, net, params0, x):
         """params0 with the member axis; x the training inputs (p, d), p < d."""
@@ -1448,13 +1450,14 @@ class DataSpan:
         """(Q, r): Q the right singular vectors of x, r = rank x (the singular values above rounding)."""
         xp, host = array_module(x), x.get() if hasattr(x, "get") else x
         key = (xp.__name__, x.shape, str(x.dtype), hashlib.sha1(np.ascontiguousarray(host).tobytes()).hexdigest())
-        if key not in cls.bases:
-            _, s, vt = xp.linalg.svd(x, full_matrices=True)
-            tolerance = max(x.shape) * np.finfo(x.dtype).eps * float(s[0])
-            if len(cls.bases) == 4:
-                cls.bases.pop(next(iter(cls.bases)))
-            cls.bases[key] = vt.T, int((s > tolerance).sum())
-        return cls.bases[key]
+        with cls.bases_lock:
+            if key not in cls.bases:
+                _, s, vt = xp.linalg.svd(x, full_matrices=True)
+                tolerance = max(x.shape) * np.finfo(x.dtype).eps * float(s[0])
+                if len(cls.bases) == 4:
+                    cls.bases.pop(next(iter(cls.bases)))
+                cls.bases[key] = vt.T, int((s > tolerance).sum())
+            return cls.bases[key]
 
     @staticmethod
     def applies(net, x):

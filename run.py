@@ -193,11 +193,11 @@ def format_bench(row):
         return (f"span      {row['case']:<34} {row['span_ms']:9.1f} ms per accepted step in the span of the data, "
                 f"{row['plain_ms']:.1f} without: {row['speedup']:.2f}x")
     if row["bench"] == "ensemble":
-        ceiling = (f"; one at a time on one core {row['one_core_per_s']:.0f}: splitting over the cores "
-                   f"could gain {row['ceiling']:.2f}x" if "ceiling" in row else "")
+        split = (f"; one at a time on each core, side by side: {row['side_by_side_per_s']:.0f}, "
+                 f"{row['split']:.2f}x" if "split" in row else "")
         return (f"ensemble  {row['case']:<34} {row['ensemble_per_s']:9.0f} member-steps/s together, "
                 f"{row['solo_per_s']:.0f} one at a time: {row['speedup']:.2f}x "
-                f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'}){ceiling}")
+                f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'}){split}")
     if row["bench"] == "throughput":
         return (f"throughput {row['case']:<44} {row['per_s']:9.1f} member-steps/s "
                 f"({row['member_steps']} in {row['seconds']:.1f} s)")
@@ -205,7 +205,7 @@ def format_bench(row):
         hours = ", ".join(f"{name} {h:.1f} h" for name, h in row["projected_hours"].items())
         return (f"projection {row['case']:<44} {row['member_steps_per_s']:9.1f} member-steps/s, "
                 f"{row['fitted']} of {row['members']} fitted in {row['seconds']:.0f} s, {row['steps_per_run']} "
-                f"steps per run; paper scale: {hours}")
+                f"steps per run; paper scale{' (at least: not every run fitted)' if row['at_least'] else ''}: {hours}")
     if row["bench"] == "infinite":
         return (f"infinite  {row['case']:<34} table {row['build_s']:.2f} s, then lookup {row['lookup_s']:.2f} s   "
                 f"table error {row['table_error']:.1e}, against direct quadrature {row['direct_error']:.1e}")

@@ -1,5 +1,8 @@
 """Properties of the engine: networks, backward passes, losses, the integrator, training."""
 import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -353,3 +356,23 @@ def test_the_data_span_serves_only_the_flow_of_an_fc_net_with_fewer_samples_than
     x, y, _, _ = toy_task(p=4, d=6)
     adam = [lf.train(fc, fc.init(0), x, y, 1.0, method="adam", max_steps=5, data_span=span) for span in (True, False)]
     assert all(np.array_equal(u, v) for u, v in zip(adam[0].params, adam[1].params))
+
+
+def test_threads_that_ask_for_the_basis_of_one_data_set_at_once_share_one_svd(monkeypatch):
+    """DataSpan.basis computes each data set's SVD once even when several threads of a process ask for it at
+    the same moment (a slow SVD holds them all inside the check), and keeps at most the last 4 bases."""
+    calls, svd = [], np.linalg.svd
+
+    def slow_svd(a, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.05)
+        return svd(a, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "svd", slow_svd)
+    monkeypatch.setattr(lf.DataSpan, "bases", {})
+    data = [np.random.default_rng(seed).standard_normal((3, 5)) for seed in range(6)]
+    with ThreadPoolExecutor(8) as pool:
+        bases = list(pool.map(lf.DataSpan.basis, [x for x in data for _ in range(4)]))
+    assert len(calls) == len(data) and len(lf.DataSpan.bases) == 4
+    for x, (Q, r) in zip([x for x in data for _ in range(4)], bases):
+        assert r == 3 and np.allclose(Q @ Q.T, np.eye(5)) and np.allclose(x @ Q[:, r:], 0.0)

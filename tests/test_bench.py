@@ -1,0 +1,41 @@
+"""The arithmetic of the benchmarks' projections (their timings are measured, not tested)."""
+import pytest
+
+import bench
+import run
+
+
+def test_fc_cost_counts_the_multiply_adds_of_one_forward_pass_per_sample():
+    """d h + (L - 1) h^2 + h: 784 x 300 + 2 x 300^2 + 300, and a PCA input of 10 through L = 5 layers of 800."""
+    assert bench.fc_cost(300) == 415_500
+    assert bench.fc_cost(800, L=5, d=10) == 8_000 + 4 * 640_000 + 800
+
+
+def test_paper_runs_count_each_findings_fc_runs_at_the_papers_sizes():
+    """Finding 1 at paper scale: 3 widths x 23 half decades of alpha sqrt(h) x 10 seeds on p = 10 000; the
+    kernels: h = 300, 10 values x 3 seeds on p = 5000; finding 2: its two ends x 10 seeds, FC on images and
+    FC L = 5 on 10 PCA components of MNIST (p = 5000); the CNN is not counted."""
+    assert bench.paper_runs("crossover") == {(h, 3, 784, 10_000): 230 for h in (100, 300, 1000)}
+    assert bench.paper_runs("kernels") == {(300, 3, 784, 5000): 30}
+    assert bench.paper_runs("regimes") == {**{(h, 3, 784, 10_000): 20 for h in (100, 300, 1000)},
+                                           (100, 5, 10, 5000): 20, (800, 5, 10, 5000): 20}
+    assert sum(bench.paper_runs("fluctuations").values()) == 8 * 9 * 20
+
+
+def test_projected_hours_scale_each_run_by_its_points_and_width():
+    """1000 steps per run at 1 member-step per second, measured at h = 100 on p = 10 000: the 30 kernel runs
+    (h = 300 on p = 5000) cost 30 x 1000 x (5000 x 415 500) / (10 000 x 98 500) seconds, 17.576 hours."""
+    hours = bench.projected_hours(1000, 1.0, 100, 10_000)
+    assert hours["kernels"] == pytest.approx(30 * 1000 * 0.5 * 415_500 / 98_500 / 3600)
+    assert hours["kernels"] == pytest.approx(17.576, abs=1e-3)
+    assert bench.projected_hours(1000, 2.0, 100, 10_000)["kernels"] == pytest.approx(hours["kernels"] / 2)
+    assert hours["crossover"] == pytest.approx(230 * 1000 * sum(bench.fc_cost(h) for h in (100, 300, 1000))
+                                               / bench.fc_cost(100) / 3600)
+
+
+@pytest.mark.parametrize("fitted, words", [(23, False), (5, True)])
+def test_a_projection_from_runs_that_did_not_all_fit_says_it_is_a_lower_bound(fitted, words):
+    row = {"bench": "projection", "case": "23 x FC", "seconds": 240.0, "fitted": fitted, "members": 23,
+           "steps_per_run": 1000, "member_steps_per_s": 50.0, "at_least": fitted < 23,
+           "projected_hours": {"crossover": 1.5}}
+    assert ("at least" in run.format_bench(row)) == words
