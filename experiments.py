@@ -157,9 +157,10 @@ def member_bytes(config, what="memory"):
 
 
 # On the CPU, an ensemble is fast only while a few of each member's activations (z, sigma(z),
-# sigma'(z), the backward signal) stay in a core's cache (2 MiB of L2 here): on one core, FC L=3
-# at p=300 trained 66 member-steps/s in ensembles of 4 or 7 at h=180 (432 kB per activation)
-# against 85 one at a time, while at h=20 (48 kB) ensembles of 7 to 28 were equally fast.
+# sigma'(z), the backward signal) stay in a core's cache (2 MiB of L2 here). On one core, FC L=3
+# at p=1000, h=60 (480 kB per activation) trained 101-103 member-steps/s in ensembles of 2 or 4
+# against 116 one at a time; at p=300, h=20 (48 kB), 1650-1750 in ensembles of 7 to 14 against 913
+# one at a time, and 1580 in ensembles of 28.
 CORE_CACHE_BYTES = 2 << 20
 LIVE_ACTIVATIONS = 4
 
