@@ -250,8 +250,8 @@ def projected_hours(steps_per_run, member_steps_per_s, h, p):
 def paper_projection(h, p, p_test, members, max_wall, device="cpu", dtype="float64"):
     """Train `members` networks of finding 1's paper grid (FC L=3 width h, seed 0, alpha sqrt(h) spread over
     the paper's half decades) to the end or for max_wall seconds, and project each finding's FC runs at paper
-    scale (`projected_hours`) with the accepted steps of the longest member: a lower bound (`at_least`)
-    unless every member fitted."""
+    scale (`projected_hours`) with the accepted steps of the longest member: a lower bound unless every
+    member fitted."""
     import findings
 
     half_decades = findings.PAPER_GRID["alpha_sqrt_h"]
@@ -266,8 +266,7 @@ def paper_projection(h, p, p_test, members, max_wall, device="cpu", dtype="float
     fitted = sum(r["status"] == "fitted" for r in results)
     return {"bench": "projection", "case": f"{len(configs)} x FC L=3 h={h} p={p} p_test={p_test}, {device}",
             "seconds": seconds, "fitted": fitted, "members": len(configs), "steps_per_run": steps,
-            "member_steps_per_s": per_s, "projected_hours": projected_hours(steps, per_s, h, p),
-            "at_least": fitted < len(configs)}
+            "member_steps_per_s": per_s, "projected_hours": projected_hours(steps, per_s, h, p)}
 
 
 def device_benchmarks(device="gpu", dtype="float64", members=64, p=10_000, steps=50, max_wall=240):

@@ -1,11 +1,13 @@
 """Writers of the two file formats of the real sets (IDX, CIFAR-10 binary), independent of the
-readers under test, and of small generated sets shaped like the real ones."""
+readers under test, and of small generated sets shaped like the real ones; and where the real
+Fashion-MNIST is, for the tests that read it."""
 
 import gzip
 
 import numpy as np
 
 import datafiles
+from datafiles import DataError
 
 
 IDX_CODES = {"u1": 0x08, "i1": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
@@ -63,3 +65,11 @@ def write_set(root, name, files):
     for file_name, data in files.items():
         (folder / file_name).write_bytes(data)
     return root
+
+
+def real_fashion():
+    """The folder of the real Fashion-MNIST, or None where it is not installed."""
+    try:
+        return datafiles.find("fashion-mnist")
+    except DataError:
+        return None

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 import datafiles
 import datasets
 from datasets import DataError
-from tests.data_writers import cifar_set_files, idx_set_files, write_set
+from tests.data_writers import cifar_set_files, idx_set_files, real_fashion, write_set
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,14 +244,6 @@ def test_bad_synthetic_dimension(d):
 # ----------------------------------------------------------------------------------------------
 # The real Fashion-MNIST
 # ----------------------------------------------------------------------------------------------
-
-def real_fashion():
-    """The folder of the real Fashion-MNIST, or None where it is not installed."""
-    try:
-        return datafiles.find("fashion-mnist")
-    except DataError:
-        return None
-
 
 @pytest.mark.skipif(real_fashion() is None,
                     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")

@@ -371,8 +371,9 @@ def test_threads_that_ask_for_the_basis_of_one_data_set_at_once_share_one_svd(mo
     monkeypatch.setattr(np.linalg, "svd", slow_svd)
     monkeypatch.setattr(lf.DataSpan, "bases", {})
     data = [np.random.default_rng(seed).standard_normal((3, 5)) for seed in range(6)]
+    requests = [x for x in data for _ in range(4)]
     with ThreadPoolExecutor(8) as pool:
-        bases = list(pool.map(lf.DataSpan.basis, [x for x in data for _ in range(4)]))
+        bases = list(pool.map(lf.DataSpan.basis, requests))
     assert len(calls) == len(data) and len(lf.DataSpan.bases) == 4
-    for x, (Q, r) in zip([x for x in data for _ in range(4)], bases):
+    for x, (Q, r) in zip(requests, bases):
         assert r == 3 and np.allclose(Q @ Q.T, np.eye(5)) and np.allclose(x @ Q[:, r:], 0.0)
