@@ -10,6 +10,7 @@
   lookup) and its errors.
 """
 import collections
+import functools
 import math
 import statistics
 import time
@@ -20,6 +21,7 @@ import numpy as np
 import experiments
 import kernels
 import lazyfeat as lf
+import machine
 
 
 def synchronize(xp):
@@ -42,7 +44,8 @@ def median_time(fn, xp, repeat=5):
 
 
 def peak_memory(fn, xp):
-    """The peak memory in bytes that fn() allocates (NumPy: tracemalloc; CuPy: the memory pool)."""
+    """The peak memory in bytes that fn() allocates beyond what was allocated before the call (NumPy:
+    tracemalloc; CuPy: the high-water mark of the memory pool's used bytes, read at every allocation)."""
     if xp is np:
         tracemalloc.start()
         fn()
@@ -50,10 +53,20 @@ def peak_memory(fn, xp):
         tracemalloc.stop()
         return peak
     pool = xp.get_default_memory_pool()
-    pool.free_all_blocks()
-    fn()
     synchronize(xp)
-    return pool.total_bytes()
+
+    class HighWater(xp.cuda.MemoryHook):
+        name = "HighWater"
+        used = pool.used_bytes()
+
+        def malloc_postprocess(self, **kwargs):
+            self.used = max(self.used, pool.used_bytes())
+
+    before = HighWater.used
+    with HighWater() as hook:
+        fn()
+        synchronize(xp)
+    return hook.used - before
 
 
 def gemm_shapes(net, cache):
@@ -94,7 +107,7 @@ def bench_gradient(name, net, x, device="cpu", dtype="float64"):
     xp = lf.array_module(params[0])
     y = np.where(np.arange(len(x)) % 2 == 0, 1.0, -1.0)
     objective = lf.Objective(net, params, x, y, 1.0)
-    objective.split(lf.cpu_threads(xp), len(x))
+    objective.split(machine.cpu_threads(xp), len(x))
     seconds = median_time(lambda: objective.evaluate(params), xp)
     _, cache = net.forward(params, objective.x)
     shapes = gemm_shapes(net, cache)
@@ -141,21 +154,23 @@ def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
     accepted steps each).
 
     Both sides do the same accepted steps (an ensemble member is its solo run), so the
-    ratio of their walls is the speed-up. The sides run in turn, `repeat` times; the
+    ratio of their walls is the speed-up. Each network records 1 checkpoint per decade of steps (at
+    steps 0, 1, 10, 100): a few per cent of its steps, as in a real run of thousands of steps, where
+    the default 20 per decade would record a third of these first 100 steps. The sides run in turn, `repeat` times; the
     median wall of each counts. On a CPU of several cores a third side trains the
-    networks one at a time on each core, the cores side by side (`lazyfeat.in_parallel`):
+    networks one at a time on each core, the cores side by side (`machine.in_parallel`):
     what splitting the members over the cores gains without sharing any work (`split`,
     against one at a time). An ensemble beats it only by sharing work between its members.
     """
     import findings
 
-    base = {"dataset": "fashion", "p": 300, "p_test": 300, "h": h, "L": 3, "max_steps": steps, "device": device,
-            "dtype": dtype}
+    base = {"dataset": "fashion", "p": 300, "p_test": 300, "h": h, "L": 3, "max_steps": steps, "checkpoints": 1,
+            "device": device, "dtype": dtype}
     configs = [{**base, "alpha_sqrt_h": a, "seed": s} for s in range(ENSEMBLE_SEEDS) for a in ENSEMBLE_ALPHAS]
     experiments.load_data(experiments.full_config(base))  # the data set is read before the clock starts
     jobs = math.ceil(len(configs) / findings.Context(device=device).ensembles().capacity(base))
     size = math.ceil(len(configs) / jobs)  # balanced sizes, as sweeps cut a group
-    cores = lf.cpu_threads(lf.backend(device))
+    cores = machine.cpu_threads(lf.backend(device))
     walls = collections.defaultdict(list)
 
     def timed(side, train):
@@ -169,12 +184,13 @@ def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
                                               for r in experiments.fit_ensemble(configs[i:i + size])])
         alone = timed("solo", lambda: [experiments.fit(c) for c in configs])
         if cores > 1:
-            timed("side by side", lambda: lf.in_parallel(experiments.fit, configs, cores))
+            timed("side by side", lambda: machine.in_parallel(experiments.fit, configs, cores))
     member_steps = sum(r["steps_accepted"] for r in together)
     per_s = {side: member_steps / statistics.median(wall) for side, wall in walls.items()}
     row = {"bench": "ensemble", "case": f"FC L=3 h={h} fashion p=300, {len(configs)} networks by {size}, "
                                         f"{cores} cores",
            "member_steps": member_steps, "same_steps": member_steps == sum(r["steps_accepted"] for r in alone),
+           "records_per_step": sum(len(r["records"]) for r in together) / member_steps,
            "ensemble_per_s": per_s["ensemble"], "solo_per_s": per_s["solo"],
            "speedup": per_s["ensemble"] / per_s["solo"]}
     if cores > 1:
@@ -195,6 +211,100 @@ def bench_cnn_steps(steps=20, repeat=3, device="cpu", dtype="float64"):
     return {"bench": "steps", "case": f"CNN h=16 fashion p=500, {results[0]['steps_accepted']} steps, "
                                       f"median of {repeat}",
             "ms_per_step": ms, "steps_rejected": results[0]["steps_rejected"], "of_authors": ms / np.mean(AUTHORS_CNN_MS)}
+
+
+def reference_flow(objective, params0, tau=0.0, rtol=1e-10):
+    """The flow of one network by SciPy's DOP853 at a tight tolerance: a reference for the integrators.
+
+    objective: an Objective of one member, params0 its weights with the member axis. dw/dt = -grad L, or
+    with momentum dw/dt = v, dv/dt = -(v + grad L) / tau. Integrates until the smallest margin reaches 1
+    (an event, located on DOP853's dense output). Returns (t_fit, w(t)), w(t) the weights at any
+    0 <= t <= t_fit, with the member axis.
+    """
+    import scipy.integrate
+
+    shapes = [w.shape for w in params0]
+    ends = np.cumsum([w.size for w in params0])
+    n = int(ends[-1])
+
+    def weights(z):
+        return [part.reshape(shape) for part, shape in zip(np.split(z[:n], ends[:-1]), shapes)]
+
+    def rate(t, z):
+        grad = np.concatenate([g.ravel() for g in objective.evaluate(weights(z)).grad])
+        return -grad if tau == 0 else np.concatenate([z[n:], -(z[n:] + grad) / tau])
+
+    def fitted(t, z):
+        return float(objective.evaluate(weights(z), need_grad=False).margins.min()) - 1
+
+    fitted.terminal, fitted.direction = True, 1
+    z0 = np.concatenate([w.ravel() for w in params0] + ([np.zeros(n)] if tau > 0 else []))
+    solution = scipy.integrate.solve_ivp(rate, (0, 1e12), z0, method="DOP853", rtol=rtol, atol=1e-14,
+                                         dense_output=True, events=fitted)
+    if not solution.t_events[0].size:
+        raise RuntimeError(f"the reference flow did not fit: {solution.message}")
+    return float(solution.t_events[0][0]), lambda t: weights(solution.sol(t))
+
+
+def deviations(net, params0, x_test, alpha, checkpoints, reference):
+    """devF: the largest over the checkpoints of max |F_test - F_test_ref| / max |F_test_ref|, and devW: the
+    largest of |w - w_ref| / |w_ref - w0|, for checkpoints [(t, w)] against reference(t) (weights, no member axis)."""
+    f0 = net.forward(params0, x_test)[0]
+    dev_F = dev_W = 0.0
+    for t, w in checkpoints:
+        if t <= 0:
+            continue
+        w_ref = reference(t)
+        F_ref = alpha * (net.forward(w_ref, x_test)[0] - f0)
+        F = alpha * (net.forward(w, x_test)[0] - f0)
+        dev_F = max(dev_F, float(np.abs(F - F_ref).max() / np.abs(F_ref).max()))
+        distance = lambda a, b: math.sqrt(sum(float(((u - v) ** 2).sum()) for u, v in zip(a, b)))
+        dev_W = max(dev_W, distance(w, w_ref) / distance(w_ref, params0))
+    return dev_F, dev_W
+
+
+# The cases of issue 20: (h, p, alpha sqrt(h)) of FC L=3 on Fashion-MNIST, lazy, crossover and feature.
+INTEGRATOR_CASES = ((100, 300, 1e4), (100, 300, 1.0), (100, 300, 1e-2), (20, 300, 1e4), (20, 300, 1e-2),
+                    (100, 1000, 1.0))
+
+
+def bench_integrators(cases=INTEGRATOR_CASES, integrators=lf.INTEGRATORS, p_test=500, seed=0):
+    """Each integrator's gradient evaluations and wall to fit, side by side with the paper's rule, and its
+    accuracy against a DOP853 reference (`reference_flow`, rtol 1e-10): devF and devW over its checkpoints
+    and the error of its fit time. One row per case, then one with the evaluations and walls summed over
+    the cases, as ratios to the paper rule's. The wall leaves out the time the checkpoints spend on devF's
+    copies of the weights; CPU, float64."""
+    totals = collections.defaultdict(lambda: [0, 0.0])
+    for h, p, alpha_sqrt_h in cases:
+        config = experiments.full_config({"dataset": "fashion", "p": p, "p_test": p_test, "h": h})
+        x, y, x_test, _ = experiments.load_data(config)
+        net, alpha = lf.FC(x.shape[1], h, 3), alpha_sqrt_h / math.sqrt(h)
+        params0 = net.init(seed)
+        span = lf.DataSpan(net, [w[None] for w in params0], x)
+        t_fit, w_span = reference_flow(lf.Objective(span.net, span.params0, span.x, y, alpha), span.params0)
+        reference = lambda t: span.original([w[0] for w in w_span(t)], 0)
+        row = {"bench": "integrators", "case": f"FC L=3 h={h} p={p} alpha sqrt(h)={alpha_sqrt_h:g}",
+               "t_fit": t_fit, "integrators": {}}
+        for integrator in integrators:
+            checkpoints, copying = [], [0.0]
+
+            def keep(params, record):
+                start = time.perf_counter()
+                checkpoints.append((record["t"], [w.copy() for w in params]))
+                copying[0] += time.perf_counter() - start
+
+            run = lf.train(net, params0, x, y, alpha, integrator=integrator, callback=keep, checkpoints=10)
+            dev_F, dev_W = deviations(net, params0, x_test, alpha, checkpoints, reference)
+            row["integrators"][integrator] = {"evaluations": run.evaluations, "wall_s": run.wall_s - copying[0],
+                                              "status": run.status, "dev_F": dev_F, "dev_W": dev_W,
+                                              "t_error": run.t / t_fit - 1}
+            totals[integrator][0] += run.evaluations
+            totals[integrator][1] += run.wall_s - copying[0]
+        yield row
+    paper = totals["paper"]
+    yield {"bench": "integrators_total", "case": f"{len(cases)} cases", "integrators": {
+        name: {"evaluations": e, "wall_s": w, "evaluations_ratio": e / paper[0], "wall_ratio": w / paper[1]}
+        for name, (e, w) in totals.items()}}
 
 
 def bench_throughput(members, h, p, steps, device="cpu", dtype="float64"):
@@ -247,6 +357,51 @@ def projected_hours(steps_per_run, member_steps_per_s, h, p):
             / member_steps_per_s / 3600 for name in findings.SCALES["paper"]}
 
 
+# Projecting a sweep before it starts: findings.Context prints it.
+
+TYPICAL_STEPS = 2200  # the fewest accepted steps the authors' code took to fit at p = 1000 (PAPER.md, section 7)
+CALIBRATION = {"dataset": "sphere", "d": 784, "p": 300, "p_test": 10, "h": 100, "L": 3, "max_steps": 10,
+               "checkpoints": 1}
+CALIBRATION_MEMBERS = 8
+CPU_HOURS_WARNING = 3.0  # a sweep projected to take longer on the CPU says how else to run it
+
+
+def input_dimension(config):
+    """The input dimension d of an FC run: its PCA's, its synthetic d, or its data set's image size."""
+    import datafiles
+    import datasets
+
+    if config.get("pca"):
+        return config["pca"]
+    if config.get("d"):
+        return math.prod(config["d"]) if isinstance(config["d"], (list, tuple)) else config["d"]
+    name = datafiles.ALIASES.get(config["dataset"], config["dataset"])
+    return math.prod(datafiles.SETS[name].shape) if name in datafiles.SETS else datasets.DEFAULT_SYNTHETIC_DIM
+
+
+@functools.cache
+def member_steps_per_s(device="cpu"):
+    """Member-steps per second of an ensemble of CALIBRATION_MEMBERS FC nets of CALIBRATION's size on this
+    device, over its few steps: the speed that projected_sweep scales (once per process, about a second)."""
+    configs = [{**CALIBRATION, "alpha_sqrt_h": 1e4, "seed": seed, "device": device}
+               for seed in range(CALIBRATION_MEMBERS)]
+    experiments.load_data(experiments.full_config(configs[0]))
+    start = time.perf_counter()
+    results = experiments.fit_ensemble(configs)
+    return sum(r["steps_accepted"] for r in results) / (time.perf_counter() - start)
+
+
+def projected_sweep(configs, device="cpu", steps_per_run=TYPICAL_STEPS):
+    """(hours, FC runs, other runs) of the runs of experiments.fit `configs` on this device: each FC run
+    takes steps_per_run steps of p fc_cost(h, L, d) multiply-adds per point, timed against the calibration
+    (member_steps_per_s). CNN runs are counted, not projected."""
+    fc = [c for c in configs if c.get("arch", "fc") == "fc"]
+    units = sum(c["p"] * fc_cost(c["h"], c.get("L", 3), input_dimension(c)) for c in fc)
+    per_step = CALIBRATION["p"] * fc_cost(CALIBRATION["h"], CALIBRATION["L"], CALIBRATION["d"])
+    hours = steps_per_run * units / per_step / member_steps_per_s(device) / 3600 if fc else 0.0
+    return hours, len(fc), len(configs) - len(fc)
+
+
 def paper_projection(h, p, p_test, members, max_wall, device="cpu", dtype="float64"):
     """Train `members` networks of finding 1's paper grid (FC L=3 width h, seed 0, alpha sqrt(h) spread over
     the paper's half decades) to the end or for max_wall seconds, and project each finding's FC runs at paper
@@ -269,7 +424,7 @@ def paper_projection(h, p, p_test, members, max_wall, device="cpu", dtype="float
             "member_steps_per_s": per_s, "projected_hours": projected_hours(steps, per_s, h, p)}
 
 
-def device_benchmarks(device="gpu", dtype="float64", members=64, p=10_000, steps=50, max_wall=240):
+def device_benchmarks(device="gpu", dtype="float64", members=64, p=10_000, steps=50, max_wall=30):
     """The device checks' benchmarks: an ensemble of `members` FC nets (h=100, p points) against one net
     on the device and one net on the CPU, and a paper-scale subset with its projection."""
     yield bench_throughput(members, 100, p, steps, device, dtype)
@@ -309,8 +464,8 @@ def bench_infinite(p=10_000, D=784, L=3, act="softplus", check_points=64, device
     build_s = time.perf_counter() - start
     lookup_s = median_time(lambda: kernels.ntk_infinite(x, L=L, act=act), xp, repeat=1)
     diagonal = kernels.infinite_width_kernels(np.ones(1), 1.0, 1.0, L, act, 0.0)[0][0]
-    midpoints = np.cos((np.arange(kernels.TABLE_POINTS - 1) + 0.5) * (math.pi / (kernels.TABLE_POINTS - 1)))
-    exact = kernels.infinite_width_kernels(midpoints, 1.0, 1.0, L, act, 0.0)[0]
+    midpoints = (np.arange(kernels.TABLE_POINTS - 1) + 0.5) * (math.pi / (kernels.TABLE_POINTS - 1))
+    exact = kernels.infinite_width_kernels(np.cos(midpoints), 1.0, 1.0, L, act, 0.0, midpoints)[0]
     table_error = np.abs(kernels.interpolate(pieces, midpoints) - exact).max() / diagonal
     few = x_host[:check_points]
     i, j = np.triu_indices(check_points)
@@ -341,8 +496,8 @@ def all_benchmarks(device="cpu", dtype="float64", steps=500, jacobian_points=128
     yield bench_steps(steps, device, dtype)
     yield bench_data_span(device=device, dtype=dtype)
     yield bench_cnn_steps(device=device, dtype=dtype)
-    for h in (20, 180):
-        yield bench_ensemble(h, device=device, dtype=dtype)
+    for h in (20, 180):  # on a GPU each side is timed once, to fit the device checks' budget (.ci/device)
+        yield bench_ensemble(h, repeat=1 if device == "gpu" else 3, device=device, dtype=dtype)
     fc, x_fc = lf.FC(784, 1000, 3), random_inputs((1000, 784))
     yield bench_ntk("FC L=3 h=1000, 1000 points", fc, x_fc, "layers", device=device, dtype=dtype)
     few = f"FC L=3 h=1000, {jacobian_points} points"

@@ -8,6 +8,8 @@ when asked, the test predictor and the init./final kernel baselines.
 """
 import math
 
+import numpy as np
+
 import datasets
 import kernels
 import lazyfeat as lf
@@ -22,11 +24,13 @@ DEFAULTS = {
     # the alpha trick: alpha = alpha_sqrt_h / sqrt(h) (default: the lazy end); subtract f(w0) or not
     "alpha_sqrt_h": 1e4, "subtract_f0": True, "loss": "softhinge",
     # training: the seed of the initialisation, the method and its settings, the limits
-    "seed": 0, "method": "flow", "max_dgrad": 1e-4, "max_dout": 0.1, "tau": 0.0,
+    "seed": 0, "method": "flow", "integrator": "paper", "max_dgrad": 1e-4, "max_dout": 0.1, "tau": 0.0,
     "lr": 1e-3, "batch_size": 32, "max_time": None, "max_wall": None, "max_steps": None, "checkpoints": 20,
     # measurements: the kernel change on the first kernel_points test points (0: none), also
     # along the run; the test predictor; the frozen-kernel baselines
     "kernel_points": 0, "kernel_along": False, "store_F_test": False, "baselines": False,
+    # and the distance of F on those points to the linear (frozen initial NTK) flow at t1/10, t1, 10 t1
+    "linear_gap": False,
     # where and how
     "device": "cpu", "dtype": "float64",
 }
@@ -114,10 +118,15 @@ def fit_ensemble(configs):
     x_kernel = x_test[:c["kernel_points"]]
     theta0 = kernels.ntk(net, params0, x_kernel) if c["kernel_points"] else None
     callbacks = [kernels.kernel_change_callback(net, x_kernel, theta0[s]) for s in range(len(cs))] \
-        if c["kernel_along"] and theta0 is not None else None
+        if c["kernel_along"] and theta0 is not None else [None] * len(cs)
+    gaps = [LinearGap(net, [w[s] for w in params0], x, y, x_kernel, alpha_of(m), c["loss"])
+            for s, m in enumerate(cs)] if c["linear_gap"] and theta0 is not None else []
+    for s, gap in enumerate(gaps):
+        callbacks[s] = gap.callback(callbacks[s])
     alphas = [alpha_of(m) for m in cs]
     runs = lf.train(net, params0, x, y, alphas, x_test, y_test, method=c["method"], loss=c["loss"],
-                    subtract_f0=c["subtract_f0"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], tau=c["tau"],
+                    subtract_f0=c["subtract_f0"], integrator=c["integrator"], max_dgrad=c["max_dgrad"],
+                    max_dout=c["max_dout"], tau=c["tau"],
                     lr=c["lr"], batch_size=c["batch_size"], seed=[m["seed"] for m in cs],
                     checkpoints=c["checkpoints"], callback=callbacks, **limits_of(c))
     n_params = sum(int(w[0].size) for w in params0)
@@ -129,15 +138,91 @@ def fit_ensemble(configs):
             result["kernel_change"] = kernels.kernel_change(kernels.ntk(net, run.params, x_kernel), theta0[s])
         if c["store_F_test"]:
             result["F_test"] = to_list(run.F_test)
+        if gaps:
+            result["linear_gap"] = gaps[s].at_t1(run.records)
         if c["baselines"]:
             result.update(baselines(c, net, member0, run.params, x, y, x_test, y_test, alpha))
         results.append(result)
     return results
 
 
+def first_time_below(records, fraction=0.5):
+    """t1: the first time alpha^2 L falls below `fraction` of its initial value (log-interpolated)."""
+    target = fraction * records[0]["loss"]
+    for before, after in zip(records, records[1:]):
+        if after["loss"] <= target < before["loss"]:
+            if before["t"] <= 0:
+                return after["t"]
+            u = (math.log(target) - math.log(before["loss"])) / (math.log(after["loss"]) - math.log(before["loss"]))
+            return math.exp(math.log(before["t"]) + u * (math.log(after["t"]) - math.log(before["t"])))
+    return math.nan
+
+
+class LinearGap:
+    """How far a network's F is from the linear dynamics, at t1/10, t1 and 10 t1 (finding (iv)).
+
+    The linear dynamics is the flow of the initial NTK (section 3.5 of PAPER.md): dF/dt = -(1/p) Theta_0
+    l'(y F) y on the training points, with F on other points following the same integral. At each
+    checkpoint the callback keeps the network's F on the kernel points; after the run, at_t1 gives
+    |F - F_lin| / |F| (Euclidean norms over the kernel points) at t1/10, t1 and 10 t1, with F read
+    between checkpoints linearly in log t and F_lin solved to 1e-10 (scipy's LSODA, on the host).
+    """
+
+    FACTORS = (0.1, 1.0, 10.0)
+
+    def __init__(self, net, params0, x, y, x_kernel, alpha, loss):
+        self.net, self.x_kernel, self.alpha, self.loss = net, x_kernel, alpha, loss
+        self.f0 = net.predict(params0, x_kernel)
+        self.theta = kernels.ntk(net, params0, x)
+        self.theta_kernel = kernels.ntk(net, params0, x_kernel, x)
+        self.y, self.kept = y, []
+
+    def callback(self, then=None):
+        """The checkpoint callback: keeps (t, F on the kernel points), then calls `then` (if any)."""
+        def keep(params, record):
+            self.kept.append((record["t"], self.alpha * (self.net.predict(params, self.x_kernel) - self.f0)))
+            return then(params, record) if then else None
+        return keep
+
+    def linear_flow(self, times):
+        """F_lin on the kernel points at `times` (increasing, > 0), shape (len(times), n)."""
+        import scipy.integrate
+
+        theta, theta_kernel, y = (on_host(a) for a in (self.theta, self.theta_kernel, self.y))
+        p, dl = len(y), lf.check_loss(self.loss)[1]
+
+        def rate(t, F):
+            v = dl(y * F[:p], np) * y / p
+            return -np.concatenate([theta @ v, theta_kernel @ v])
+
+        solution = scipy.integrate.solve_ivp(rate, (0.0, times[-1]), np.zeros(p + len(theta_kernel)),
+                                             method="LSODA", t_eval=times, rtol=1e-10, atol=1e-12)
+        return solution.y[p:].T
+
+    def at_t1(self, records):
+        """{"t1", "gaps"}: the run's t1 and |F - F_lin| / |F| at FACTORS x t1 (nan where no checkpoint reached)."""
+        t1 = first_time_below(records)
+        kept = [(t, on_host(F)) for t, F in self.kept if t > 0]
+        log_t, F = np.log([t for t, _ in kept]), np.array([F for _, F in kept])
+        times = [f * t1 for f in self.FACTORS]
+        inside = [t for t in times if math.isfinite(t) and len(log_t) and log_t[0] <= math.log(t) <= log_t[-1]]
+        gaps = dict.fromkeys(times, math.nan)
+        if inside:
+            for t, linear in zip(inside, self.linear_flow(np.array(inside))):
+                network = np.array([np.interp(math.log(t), log_t, column) for column in F.T])
+                gaps[t] = float(np.linalg.norm(network - linear) / np.linalg.norm(network))
+        return {"t1": t1, "gaps": [gaps[t] for t in times]}
+
+
+def on_host(a):
+    """A device array as a NumPy array (NumPy arrays as they are)."""
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def baselines(c, net, params0, params, x, y, x_test, y_test, alpha):
     """The init. and final kernel predictors of one network (Theta frozen at w0 and at the end)."""
-    options = dict(loss=c["loss"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"], **limits_of(c))
+    options = dict(loss=c["loss"], integrator=c["integrator"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"],
+                   **limits_of(c))
     if not c["subtract_f0"]:  # the kernel predictors start where the network started
         options.update(F0=alpha * net.predict(params0, x), F0_test=alpha * net.predict(params0, x_test))
     return {name: kernels.baseline(net, w, x, y, x_test, y_test, alpha, **options).summary()
@@ -157,10 +242,9 @@ def member_bytes(config, what="memory"):
 
 
 # On the CPU, an ensemble is fast only while a few of each member's activations (z, sigma(z),
-# sigma'(z), the backward signal) stay in a core's cache (2 MiB of L2 here). On one core, FC L=3
-# at p=1000, h=60 (480 kB per activation) trained 101-103 member-steps/s in ensembles of 2 or 4
-# against 116 one at a time; at p=300, h=20 (48 kB), 1650-1750 in ensembles of 7 to 14 against 913
-# one at a time, and 1580 in ensembles of 28.
+# sigma'(z), the backward signal) stay in a core's cache (CORE_CACHE_BYTES, a typical L2): beyond
+# it, its members share no work that the cache misses do not cost back (BENCHMARKS.md, "Ensembles
+# and the cache", measures both sides of that bound).
 CORE_CACHE_BYTES = 2 << 20
 LIVE_ACTIVATIONS = 4
 
@@ -198,7 +282,7 @@ def fit_infinite(config):
     x, y, x_test, y_test = (xp.asarray(a, dtype=xp.float64) for a in load_data(c))
     net = dict(L=c["L"], act=c["act"], bias=c["bias"])
     run = kernels.flow(kernels.ntk_infinite(x, **net), y, 1.0, kernels.ntk_infinite(x_test, x, **net), y_test,
-                       loss=c["loss"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"],
+                       loss=c["loss"], integrator=c["integrator"], max_dgrad=c["max_dgrad"], max_dout=c["max_dout"],
                        checkpoints=c["checkpoints"], **limits_of(c))
     result = run_result(run)
     if c["store_F_test"]:

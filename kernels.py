@@ -21,6 +21,7 @@ import numbers
 import numpy as np
 
 import lazyfeat as lf
+import machine
 
 
 # ---------------------------------------------------------------------------
@@ -139,10 +140,12 @@ class KernelSystem:
         """Theta v for every member: v (S, p) against one kernel (n, p) or one per member (S, n, p)."""
         return v @ theta.T if theta.ndim == 2 else (theta @ v[:, :, None])[:, :, 0]
 
-    def evaluate(self, state):
+    def evaluate(self, state, need_grad=True):
         xp = lf.array_module(state[0])
         F = state[0]
         margins = self.y * F
+        if not need_grad:
+            return lf.Point(F, margins, xp.mean(self.l(margins, xp), axis=1) / self.alpha**2)
         v = self.dl(margins, xp) * self.y * (1.0 / self.y.shape[-1])
         grad = [self.apply(self.theta, v)]
         if self.theta_test_train is not None:
@@ -164,8 +167,8 @@ def flow(theta_train, y, alpha, theta_test_train=None, y_test=None, *, loss="sof
     given, is Theta(x_test, x_train) and the test predictor follows the same
     integral. S members at once: alpha a sequence of S values (one kernel for all),
     or kernels with a member axis (S, p, p) and (S, n_test, p). `options` are those
-    of lazyfeat.gradient_flow (max_dgrad, max_dout, dt, tau, max_time, max_wall,
-    max_steps, checkpoints, callback): the same integrator, stop rules and records
+    of lazyfeat.gradient_flow (integrator, max_dgrad, max_dout, tolerance, dt, tau, max_time,
+    max_wall, max_steps, checkpoints, callback): the same integrators, stop rules and records
     as network training. Returns a Run, or a list of S Runs for S members.
     """
     xp = lf.array_module(theta_train)
@@ -244,15 +247,16 @@ RADII = 64  # Gauss-Legendre nodes in the radius, on [0, R_MAX]
 R_MAX = 14.0  # the Gaussian weight beyond it, exp(-R_MAX^2 / 2), is below 1e-42
 QUADRATURE_ERROR = 1e-11  # bound on the error of each expectation, variances in [1/4, 4]
 # Pairs (x, x') whose quadrature nodes (4 x 40 angles x 64 radii each) are held in memory at once. On the
-# CPU few enough that a chunk's arrays stay in a core's cache: 8 pairs built the L = 5 tables of 10-PCA
-# data in 20 s against 45 s for 256 on one core here (and the cores share the chunks). On a GPU, enough
-# to fill it.
+# CPU few enough that a chunk's arrays stay in a core's cache, and the cores share the chunks
+# (BENCHMARKS.md: the tables built with 8 and with 256 pairs per chunk). On a GPU, enough to fill it.
 PAIRS_PER_CHUNK = {"cpu": 8, "gpu": 256}
 TABLE_ANGLES = 48  # Chebyshev nodes in the input angle [0, pi] where a table is computed by quadrature
 TABLE_NODES_PER_OCTAVE = 6  # Chebyshev nodes in each log variance (inputs off the sphere), per factor 2
 TABLE_POINTS = 1025  # the uniform grid of the angle on which tables are read (piecewise cubic)
 TABLE_ERROR = 1e-9  # bound on the error of a table, relative to Theta(x, x), for L <= 5
 SPHERE_TOLERANCE = 1e-10  # |x|^2 / D within this of 1 counts as on the sphere
+NEAR_PARALLEL = 1e-2  # where |cos t| > 1 - NEAR_PARALLEL, angles are read from distances (input_angles)
+PAIRS_PER_DISTANCE_CHUNK = 4096  # pairs whose unit-vector differences are held at once
 
 
 @functools.cache
@@ -276,62 +280,111 @@ def arcs(theta, t, t_weights):
     return (start + half * (t + 1)).reshape(len(theta), -1), (half * t_weights).reshape(len(theta), -1)
 
 
-def polar_sums(pair, q1, q12, q2, rule):
-    """gaussian_expectations on flat arrays of a few pairs: both sums, shape (2, n)."""
-    xp = lf.array_module(q12)
+def polar_sums(pair, q1, angle, q2, rule, integrands):
+    """polar_quadrature on flat arrays of a few pairs: the sums of integrands(sigma(u), sigma'(u),
+    sigma(v), sigma'(v)), shape (k, n)."""
+    xp = lf.array_module(angle)
     t, t_weights, r, r_weights = rule
-    theta = xp.arccos(xp.clip(q12 / xp.maximum(xp.sqrt(q1 * q2), 1e-300), -1.0, 1.0))
-    phi, phi_weights = arcs(theta, t, t_weights)
+    phi, phi_weights = arcs(angle, t, t_weights)
     u = (xp.sqrt(q1)[:, None] * xp.cos(phi))[:, :, None] * r
-    v = (xp.sqrt(q2)[:, None] * xp.cos(phi - theta[:, None]))[:, :, None] * r
+    v = (xp.sqrt(q2)[:, None] * xp.cos(phi - angle[:, None]))[:, :, None] * r
     (su, du), (sv, dv) = pair(u, xp), pair(v, xp)
-    return xp.stack([((su * sv) @ r_weights * phi_weights).sum(axis=1),
-                     ((du * dv) @ r_weights * phi_weights).sum(axis=1)]) / (2 * math.pi)
+    return xp.stack([(f @ r_weights * phi_weights).sum(axis=1) for f in integrands(su, du, sv, dv)]) / (2 * math.pi)
 
 
-def gaussian_expectations(act, q1, q12, q2, angles=ANGLES_PER_ARC, radii=RADII):
-    """E[sigma(u) sigma(v)] and E[sigma'(u) sigma'(v)] for (u, v) centred Gaussian with Var u = q1,
-    Var v = q2 and Cov(u, v) = q12 (arrays that broadcast; sigma the raw activation `act`).
+def polar_quadrature(act, q1, angle, q2, integrands, count, angles=ANGLES_PER_ARC, radii=RADII):
+    """E[g(sigma(u), sigma'(u), sigma(v), sigma'(v))] for the `count` functions g that
+    integrands(su, du, sv, dv, part) returns, (u, v) centred Gaussian with Var u = q1, Var v = q2 and
+    correlation cos(angle) (arrays of one shape; `part` the slice of the flat pairs at hand), shape (count,) + shape.
 
     In the polar coordinates (r, phi) of a standard Gaussian pair, u = sqrt(q1) r cos(phi) and
-    v = sqrt(q2) r cos(phi - theta) with cos(theta) = q12 / sqrt(q1 q2), and the density is
-    r exp(-r^2 / 2) dr dphi / (2 pi). The lines u = 0 and v = 0, where ReLU has its kink, cut the
-    circle into four arcs (`arcs`); on each the integrand is smooth in phi and r, so Gauss-Legendre
-    on each arc and on 0 <= r <= R_MAX converges fast. With the default nodes the error is below
-    QUADRATURE_ERROR for variances in [1/4, 4] and any correlation (ReLU: exact up to rounding);
-    tests check it against the closed form of ReLU and against twice the nodes.
+    v = sqrt(q2) r cos(phi - angle), and the density is r exp(-r^2 / 2) dr dphi / (2 pi). The lines
+    u = 0 and v = 0, where ReLU has its kink, cut the circle into four arcs (`arcs`); on each the
+    integrand is smooth in phi and r, so Gauss-Legendre on each arc and on 0 <= r <= R_MAX converges
+    fast. With the default nodes the error is below QUADRATURE_ERROR for variances in [1/4, 4] and
+    any correlation (ReLU: exact up to rounding); tests check it against the closed form of ReLU and
+    against twice the nodes.
     """
-    xp = lf.array_module(q12)
+    xp = lf.array_module(angle)
     pair = lf.RAW_ACTIVATIONS[act]
-    q1, q12, q2 = xp.broadcast_arrays(*(xp.asarray(q, dtype=xp.float64) for q in (q1, q12, q2)))
-    shape = q12.shape
-    q1, q12, q2 = (q.ravel() for q in (q1, q12, q2))
+    shape = angle.shape
+    q1, angle, q2 = (xp.ascontiguousarray(q).ravel() for q in (q1, angle, q2))
     rule = [xp.asarray(a) for a in polar_rule(angles, radii)]
-    sums = xp.empty((2, q12.size))
+    sums = xp.empty((count, angle.size))
     chunk = PAIRS_PER_CHUNK["cpu" if xp is np else "gpu"]
 
     def fill(pairs):
         """The sums of a range of pairs, chunk by chunk."""
         for i in range(pairs.start, pairs.stop, chunk):
             part = slice(i, min(i + chunk, pairs.stop))
-            sums[:, part] = polar_sums(pair, q1[part], q12[part], q2[part], rule)
+            sums[:, part] = polar_sums(pair, q1[part], angle[part], q2[part], rule,
+                                       lambda su, du, sv, dv: integrands(su, du, sv, dv, part))
 
-    cores = lf.cpu_threads(xp)
-    lf.in_parallel(fill, lf.sample_parts(q12.size, q12.size, cores), cores)
-    return sums[0].reshape(shape), sums[1].reshape(shape)
+    cores = machine.cpu_threads(xp)
+    machine.in_parallel(fill, machine.sample_parts(angle.size, angle.size, cores), cores)
+    return sums.reshape((count,) + shape)
 
 
-def infinite_width_kernels(Sigma, q1, q2, L, act, bias):
+def gaussian_expectations(act, q1, q12, q2, angles=ANGLES_PER_ARC, radii=RADII, angle=None):
+    """E[sigma(u) sigma(v)] and E[sigma'(u) sigma'(v)] for (u, v) centred Gaussian with Var u = q1,
+    Var v = q2 and Cov(u, v) = q12 (arrays that broadcast; sigma the raw activation `act`), by
+    polar_quadrature. `angle`, when given, is the angle arccos(q12 / sqrt(q1 q2)) of the
+    correlation computed more accurately than from q12 (input_angles, next_angles).
+    """
+    xp = lf.array_module(q12)
+    q1, q12, q2 = xp.broadcast_arrays(*(xp.asarray(q, dtype=xp.float64) for q in (q1, q12, q2)))
+    if angle is None:
+        angle = xp.arccos(xp.clip(q12 / xp.maximum(xp.sqrt(q1 * q2), 1e-300), -1.0, 1.0))
+    angle = xp.broadcast_to(xp.asarray(angle, dtype=xp.float64), q12.shape)
+    E, E_dot = polar_quadrature(act, q1, angle, q2, lambda su, du, sv, dv, part: (su * sv, du * dv), 2,
+                                angles, radii)
+    return E, E_dot
+
+
+def next_angles(act, q1, angle, q2, E, E1, E2):
+    """The angle between the activations sigma(u), sigma(v) of the next layer, from their second moments
+    E = E[sigma(u) sigma(v)], E1 = E[sigma(u)^2], E2 = E[sigma(v)^2]: arccos(E / sqrt(E1 E2)), except
+    where that correlation is within NEAR_PARALLEL of +-1 and arccos would lose half the digits: there
+    t = 2 arcsin(c / 2), c^2 = E[(sigma(u) / sqrt(E1) -+ sigma(v) / sqrt(E2))^2] by quadrature (the
+    distance of the unit vectors, as in input_angles), pi minus that near -1.
+    """
+    xp = lf.array_module(E)
+    rho = xp.clip(E / xp.sqrt(E1 * E2), -1.0, 1.0)
+    out = xp.arccos(rho)
+    near = xp.nonzero(xp.abs(rho) > 1 - NEAR_PARALLEL)
+    if len(near[0]) == 0:
+        return out
+    q1, angle, q2, E1, E2 = (xp.broadcast_to(a, out.shape) for a in (q1, angle, q2, E1, E2))
+    a, b, sign = xp.sqrt(E1[near]), xp.sqrt(E2[near]), xp.sign(rho[near])
+    chord2 = polar_quadrature(act, q1[near], angle[near], q2[near],
+                              lambda su, du, sv, dv, part: ((su / a[part, None, None]
+                                                             - sign[part, None, None] * sv / b[part, None, None]) ** 2,),
+                              1)[0]
+    t = 2 * xp.arcsin(xp.minimum(xp.sqrt(chord2) / 2, 1.0))
+    out[near] = xp.where(sign > 0, t, math.pi - t)
+    return out
+
+
+def infinite_width_kernels(Sigma, q1, q2, L, act, bias, angle=None):
     """(Theta, Sigma_{L+1}) by the layer recursion at the top of this section, every pair by quadrature.
 
     Sigma = x.x' / D on the pairs; q1 = |x|^2 / D and q2 = |x'|^2 / D, the variances
-    of the two points (arrays that broadcast with Sigma), follow the same recursion.
+    of the two points (arrays that broadcast with Sigma), follow the same recursion. `angle`, when
+    given, is the angle between x and x' (input_angles), more accurate than arccos(Sigma / sqrt(q1 q2));
+    each layer passes its angle on to the next (next_angles), exactly 0 for a point with itself.
     """
+    xp = lf.array_module(Sigma)
     c2 = lf.normalisation(act) ** 2
     theta = Sigma + bias**2
+    q1, Sigma, q2 = (xp.asarray(q, dtype=xp.float64) for q in (q1, Sigma, q2))
+    if angle is None:
+        angle = xp.arccos(xp.clip(Sigma / xp.maximum(xp.sqrt(q1 * q2), 1e-300), -1.0, 1.0))
     for layer in range(1, L + 1):
-        E, E_dot = gaussian_expectations(act, q1, Sigma, q2)
-        q1, q2 = (c2 * gaussian_expectations(act, q, q, q)[0] for q in (q1, q2))
+        E, E_dot = gaussian_expectations(act, q1, Sigma, q2, angle=angle)
+        E1, E2 = (gaussian_expectations(act, q, q, q)[0] for q in (q1, q2))
+        if layer < L:
+            angle = next_angles(act, q1, angle, q2, E, E1, E2)
+        q1, q2 = c2 * E1, c2 * E2
         Sigma, Sigma_dot = c2 * E, c2 * E_dot
         theta = Sigma + theta * Sigma_dot + (bias**2 if layer < L else 0.0)
     return theta, Sigma
@@ -381,11 +434,11 @@ def angle_pieces(values):
     return cubic_pieces(coefficients @ chebyshev_basis(grid, TABLE_ANGLES, 0.0, math.pi).T)
 
 
-def interpolate(pieces, cosine):
-    """The piecewise cubics `pieces` (4, n), or one per row of cosine (rows, 4, n), at the angles arccos(cosine)."""
-    xp = lf.array_module(cosine)
+def interpolate(pieces, angle):
+    """The piecewise cubics `pieces` (4, n) in the angle on [0, pi], or one per row of angle (rows, 4, n), at `angle`."""
+    xp = lf.array_module(angle)
     n = pieces.shape[-1]
-    position = xp.arccos(xp.clip(cosine, -1.0, 1.0)) * (n / math.pi)
+    position = angle * (n / math.pi)
     i = xp.minimum(position.astype(np.int64), n - 1)
     s = position - i
     if pieces.ndim == 3:
@@ -407,7 +460,7 @@ def sphere_table(L, act, bias):
     where ReLU's is not in the cosine (arc-cosine kernels).
     """
     angles = chebyshev_nodes(TABLE_ANGLES, 0.0, math.pi)
-    return angle_pieces(np.stack(infinite_width_kernels(np.cos(angles), 1.0, 1.0, L, act, bias)))
+    return angle_pieces(np.stack(infinite_width_kernels(np.cos(angles), 1.0, 1.0, L, act, bias, angles)))
 
 
 def octaves(q_min, q_max):
@@ -436,17 +489,17 @@ def variance_table(L, act, bias, octave_range):
     low, high = (k * math.log(2) for k in octave_range)
     n = log_variance_nodes(octave_range)
     q = np.exp(chebyshev_nodes(n, low, high))
-    cosine = np.cos(chebyshev_nodes(TABLE_ANGLES, 0.0, math.pi))
+    angles = chebyshev_nodes(TABLE_ANGLES, 0.0, math.pi)
     i, j = np.triu_indices(n)
     values = np.empty((2, n, n, TABLE_ANGLES))
-    values[:, i, j] = np.stack(infinite_width_kernels(np.sqrt(q[i] * q[j])[:, None] * cosine, q[i][:, None],
-                                                      q[j][:, None], L, act, bias))
+    values[:, i, j] = np.stack(infinite_width_kernels(np.sqrt(q[i] * q[j])[:, None] * np.cos(angles), q[i][:, None],
+                                                      q[j][:, None], L, act, bias, angles))
     values[:, j, i] = values[:, i, j]
     coefficients = chebyshev_coefficients(chebyshev_coefficients(values, low, high, 1), low, high, 2)
     return angle_pieces(coefficients), (low, high)
 
 
-def interpolate_variances(pieces, low, high, s1, s2, cosine):
+def interpolate_variances(pieces, low, high, s1, s2, angle):
     """sum_k sum_l T_k(s1_i) T_l(s2_j) c_kl(angle_ij) for pieces (n, n, 4, m) of variance_table:
     Chebyshev in the log variances s1, s2, cubic in the angle."""
     n, m = pieces.shape[0], pieces.shape[-1]
@@ -454,7 +507,7 @@ def interpolate_variances(pieces, low, high, s1, s2, cosine):
     value = 0.0
     for l in range(n):
         rows = (T1 @ pieces[:, l].reshape(n, 4 * m)).reshape(len(s1), 4, m)
-        value = value + T2[:, l] * interpolate(rows, cosine)
+        value = value + T2[:, l] * interpolate(rows, angle)
     return value
 
 
@@ -477,6 +530,28 @@ def gram_blocks(x1, x2, block, count, chunk):
             if symmetric and j != i:
                 out[:, j:j + chunk, i:i + chunk] = values.transpose(0, 2, 1)
     return out
+
+
+def input_angles(a, b):
+    """The angles t_ij in [0, pi] between the rows a_i and b_j, accurate near 0 and pi as well.
+
+    arccos of the cosine loses half the digits there: a rounding error eps of the cosine moves t by
+    about sqrt(2 eps) ~ 2e-8 (and ReLU's kernel, which is smooth in t, with it). So where
+    |cos t| > 1 - NEAR_PARALLEL, t = 2 arcsin(|u_i - v_j| / 2) from the unit vectors u = a / |a|,
+    v = b / |b| (pi minus that of -v_j near pi): accurate to rounding, and exactly 0 for a point
+    with itself and pi for its opposite.
+    """
+    xp = lf.array_module(a)
+    u, v = (c / xp.maximum(xp.sqrt(xp.sum(c * c, axis=1, keepdims=True)), 1e-300) for c in (a, b))
+    cosine = xp.clip(u @ v.T, -1.0, 1.0)
+    angle = xp.arccos(cosine)
+    i, j = xp.nonzero(xp.abs(cosine) > 1 - NEAR_PARALLEL)
+    for k in range(0, len(i), PAIRS_PER_DISTANCE_CHUNK):
+        ii, jj = i[k:k + PAIRS_PER_DISTANCE_CHUNK], j[k:k + PAIRS_PER_DISTANCE_CHUNK]
+        sign = xp.sign(cosine[ii, jj])
+        near = 2 * xp.arcsin(xp.minimum(xp.sqrt(xp.sum((u[ii] - sign[:, None] * v[jj]) ** 2, axis=1)) / 2, 1.0))
+        angle[ii, jj] = xp.where(sign > 0, near, math.pi - near)
+    return angle
 
 
 def check_infinite_width_input(x1, x2, L, act, bias):
@@ -502,10 +577,11 @@ def ntk_infinite(x1, x2=None, *, L, act="softplus", bias=0.0, nngp=False, chunk=
     kernel is read from sphere_table(L, act, bias) at the angles of the pairs. Otherwise it is read
     from variance_table at their angles and log variances, or, when there are fewer pairs than that
     table has nodes (or an input is 0), every pair is computed by quadrature (`infinite_width_kernels`,
-    each expectation to QUADRATURE_ERROR, about 1 ms per pair and layer). Tables are built once on
-    the host and hold to TABLE_ERROR x Theta(x, x). ReLU's kernel has a square root at cosine 1
-    (arc-cosine kernels), so there a rounding error eps of the cosine moves it by about sqrt(eps)
-    ~ 1e-8, whatever the method. Inputs on the GPU stay there; the result is float64 on their device.
+    each expectation to QUADRATURE_ERROR: the slow path). Tables are built once on
+    the host and hold to TABLE_ERROR x Theta(x, x). Every method reads the angle between the inputs
+    from input_angles, exact for a point with itself and its opposite, and accurate near them, where
+    ReLU's kernel has a square root in the cosine (arc-cosine kernels). Inputs on the GPU stay there;
+    the result is float64 on their device.
     """
     check_infinite_width_input(x1, x2, L, act, bias)
     xp = lf.array_module(x1)
@@ -519,20 +595,21 @@ def ntk_infinite(x1, x2=None, *, L, act="softplus", bias=0.0, nngp=False, chunk=
         pieces = xp.asarray(sphere_table(L, act, bias)[which])
 
         def block(a, b):
-            cosine = a @ b.T * (1.0 / D)
-            return xp.stack([interpolate(p, cosine) for p in pieces])
+            angle = input_angles(a, b)
+            return xp.stack([interpolate(p, angle) for p in pieces])
     elif q_min > 0 and pairs > table_pairs(octaves(q_min, q_max)):
         table, (low, high) = variance_table(L, act, bias, octaves(q_min, q_max))
         pieces = xp.asarray(table[which])
 
         def block(a, b):
             qa, qb = xp.sum(a * a, axis=1) / D, xp.sum(b * b, axis=1) / D
-            cosine = a @ b.T / xp.sqrt(qa[:, None] * qb[None, :]) * (1.0 / D)
-            return xp.stack([interpolate_variances(p, low, high, xp.log(qa), xp.log(qb), cosine) for p in pieces])
+            angle = input_angles(a, b)
+            return xp.stack([interpolate_variances(p, low, high, xp.log(qa), xp.log(qb), angle) for p in pieces])
     else:
         def block(a, b):
-            kernel = infinite_width_kernels(a @ b.T * (1.0 / D), xp.sum(a * a, axis=1)[:, None] / D,
-                                            xp.sum(b * b, axis=1)[None, :] / D, L, act, bias)
+            qa, qb = xp.sum(a * a, axis=1)[:, None] / D, xp.sum(b * b, axis=1)[None, :] / D
+            angle = input_angles(a, b)
+            kernel = infinite_width_kernels(xp.sqrt(qa * qb) * xp.cos(angle), qa, qb, L, act, bias, angle)
             return xp.stack(kernel[which])
     out = gram_blocks(x1, x2, block, 2 if nngp else 1, lf.check_int("chunk", chunk))
     return (out[0], out[1]) if nngp else out[0]

@@ -24,21 +24,20 @@ member axis of S (`net.init([seed_1, ..., seed_S])`), every activation too, and
 each member keeps its own alpha, its own adaptive time step, its own records and
 its own stop. One network is the case S = 1 of the same code: `net.init(seed)`
 gives arrays without the member axis, and the engine adds and removes it. On the
-CPU, `train` splits an ensemble's members over the cores (`across_cores`), and
-the samples of one large network (`sample_cores`).
+CPU, `train` splits an ensemble's members over the cores, and the samples of one
+large network: machine.py holds how the work is laid on the cores, memory and caches.
 """
-import ctypes
 import functools
 import hashlib
 import math
 import numbers
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import threadpoolctl
+
+import machine
 
 # ---------------------------------------------------------------------------
 # 1. Backend
@@ -56,61 +55,38 @@ def backend(device="cpu"):
     except ImportError as e:
         raise RuntimeError(
             "device='gpu' needs CuPy, which is not installed: "
-            "pip install cupy-cuda12x (or the wheel matching your CUDA), or use device='cpu'"
+            f"pip install '{CUPY_WHEEL}' (the wheel with its own CUDA toolkit), or use device='cpu'"
         ) from e
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except cupy.cuda.runtime.CUDARuntimeError as e:
-        raise RuntimeError(f"device='gpu' but CUDA reports no usable device ({e}); use device='cpu'") from e
+        raise RuntimeError(f"device='gpu' but CUDA reports no usable device ({e}); check the NVIDIA driver "
+                           "(nvidia-smi), or use device='cpu'") from e
     if n == 0:
         raise RuntimeError("device='gpu' but no CUDA device is visible; use device='cpu'")
+    first_kernels(cupy)
     return cupy
 
 
-def keep_freed_memory():
-    """Let glibc keep freed memory for reuse: a NumPy speed-up on Linux, run once at import.
-
-    By default glibc serves blocks above 128 KiB with mmap and hands freed memory back
-    to the system, so every NumPy temporary of that size (one activation map is 800 KB
-    at p = 1000, h = 100) costs fresh page faults: chains of elementwise operations
-    ran 3x slower here. Raising the mmap threshold (to 32 MiB) and the trim threshold
-    (to 1 GiB) keeps such blocks in the heap. Without glibc it does nothing.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
-
-
-keep_freed_memory()
+CUPY_WHEEL = "cupy-cuda12x[ctk]>=14,<15"
 
 
 @functools.cache
-def blas():
-    """NumPy's BLAS libraries, found once; their thread counts are read and set through it (threadpoolctl)."""
-    return threadpoolctl.ThreadpoolController().select(user_api="blas")
-
-
-def cpu_threads(xp):
-    """The cores this process computes on: its BLAS threads for NumPy (a sweep worker gets its share
-    of the machine's cores), 1 for CuPy (a GPU is filled by the member axis itself)."""
-    if xp is not np:
-        return 1
-    return max((library.num_threads for library in blas().lib_controllers), default=1)
-
-
-def in_parallel(fn, items, cores):
-    """[fn(item) for item in items], computed by `cores` threads with one BLAS thread each when cores > 1.
-
-    NumPy releases the GIL inside its loops and its BLAS calls, so the threads compute at
-    the same time, each on a core of its own. The results come back in the order of items.
-    """
-    if cores <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    with blas().limit(limits=1), ThreadPoolExecutor(min(cores, len(items))) as pool:
-        return list(pool.map(fn, items))
+def first_kernels(cupy):
+    """Compile and run one elementwise kernel and one matrix product, once per process, so that a
+    missing CUDA toolkit or a broken driver fails here, at the start, and not mid-run."""
+    try:
+        a = cupy.ones((2, 2))
+        product = float(((a * 2 + 1) @ a).sum())
+    except Exception as e:
+        raise RuntimeError(
+            f"device='gpu': CuPy could not run a first kernel on the GPU ({type(e).__name__}: {e}). "
+            f"Install the CuPy wheel that brings its own CUDA toolkit (pip install '{CUPY_WHEEL}', for a "
+            "driver of CUDA 12; cupy-cuda13x[ctk] for CUDA 13) and check the NVIDIA driver (nvidia-smi), "
+            "or use device='cpu'") from e
+    if product != 24.0:
+        raise RuntimeError(f"device='gpu': a first matrix product on the GPU gave {product}, not 24.0: "
+                           "check the NVIDIA driver and the CuPy wheel, or use device='cpu'")
 
 
 def array_module(a):
@@ -202,9 +178,10 @@ def softplus5_pair(z, xp):
     """sigma = log(1 + exp(5 z)) / 5 = max(z, 0) + log(1 + e) / 5 with e = exp(-5 |z|),
     sigma' = 1 / (1 + exp(-5 z)) = exp(5 (z - sigma)), accurate in both tails.
 
-    Hot code: log(1 + e) rather than log1p(e), because NumPy's log1p is not vectorised
-    (about 8x slower); with e <= 1 its absolute error stays below 1e-16, which is all
-    that counts next to max(z, 0) and in the O(1) sums of the next layer.
+    Hot code: log(1 + e) rather than log1p(e), because NumPy's log has a vectorised (SIMD)
+    loop and its log1p lacks one in some versions (BENCHMARKS.md times both); with e <= 1
+    its absolute error stays below 1e-16, which is all that counts next to max(z, 0) and
+    in the O(1) sums of the next layer.
     """
     e = xp.exp(-5.0 * xp.abs(z))
     e += 1.0
@@ -401,22 +378,6 @@ def conv_output_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
-# How many positions (rows of columns) a block multiplies at once. On the CPU, a product of at most
-# 10^6 multiply-adds: OpenBLAS computes it with its small-matrix kernels, from the cache (60-77
-# GFLOP/s measured here on one core, against 25-35 for one large product). Such products are too
-# small for OpenBLAS to share between threads (two were slower than one): a large pass uses the
-# cores by splitting its samples instead (`sample_cores`). On a GPU, a bound on memory.
-CPU_BLOCK_MULTIPLY_ADDS = 10**6
-GPU_BLOCK_BYTES = 1 << 28
-
-
-def max_block_positions(xp, fan_in, width):
-    """The most positions (rows) of a block's product (positions, fan_in) @ (fan_in, width), at least 1."""
-    if xp.__name__ == "numpy":
-        return max(1, CPU_BLOCK_MULTIPLY_ADDS // (fan_in * width))
-    return max(1, GPU_BLOCK_BYTES // (8 * (fan_in + width)))
-
-
 def blocks(S, n, OH, OW, max_positions):
     """(members, samples, image rows) slices that cover S x n x OH, each block at most max_positions positions.
 
@@ -458,7 +419,7 @@ def column_blocks(view, width):
     xp, shared = array_module(view), view.ndim == 6
     S, n = (1, view.shape[0]) if shared else view.shape[:2]
     (OH, OW), fan_in = view.shape[-5:-3], view.shape[-3] * view.shape[-2] * view.shape[-1]
-    for members, samples, rows in blocks(S, n, OH, OW, max_block_positions(xp, fan_in, width)):
+    for members, samples, rows in blocks(S, n, OH, OW, machine.max_block_positions(xp, fan_in, width)):
         if shared:
             yield (slice(None), samples, rows), view[samples, rows].reshape(-1, fan_in)
         else:
@@ -692,9 +653,10 @@ class Network:
         return (a[0] if single else a), cache
 
     def predict(self, params, x, chunk=CHUNK, cores=1):
-        """f(w, x) by parts of samples (`sample_parts`) on `cores` cores, keeping no cache (for evaluation)."""
+        """f(w, x) by parts of samples (`machine.sample_parts`) on `cores` cores, keeping no cache (for evaluation)."""
         xp = array_module(params[0])
-        f = in_parallel(lambda part: self.forward(params, x[part])[0], sample_parts(len(x), chunk, cores), cores)
+        parts = machine.sample_parts(len(x), chunk, cores)
+        f = machine.in_parallel(lambda part: self.forward(params, x[part])[0], parts, cores)
         return xp.concatenate(f, axis=-1)
 
     def signals(self, params, cache, g):
@@ -905,30 +867,6 @@ def fit_record(point, loss_fn, test_margins=None):
     return record
 
 
-def sample_parts(n, chunk, cores=1):
-    """Slices that cut n samples into parts whose sizes differ by at most 1: a multiple of `cores`
-    of them where n allows, so that the `cores` parts computed at once hold at most `chunk`
-    samples in all, which bounds the memory."""
-    size = max(1, chunk // cores)
-    m = min(n, cores * -(-n // (cores * size)))
-    return [slice(i * n // m, (i + 1) * n // m) for i in range(m)]
-
-
-# On the CPU, a pass over the samples is split between the cores of one member block when each
-# core's part keeps at least this much forward cache: its work then dwarfs the cost of the
-# threads. (The CNN at p = 500: 26 MB per part, twice as fast on 2 cores. FC h = 180 at
-# p = 300: 2 MB per part, no faster, since its products already keep two BLAS threads busy.)
-CPU_SPLIT_BYTES = 8 << 20
-
-
-def sample_cores(net, params, x, n, cores):
-    """The cores a pass over n samples of one member is split between: `cores`, or 1 when each
-    core's part would keep less than CPU_SPLIT_BYTES of forward cache."""
-    if cores > 1 and net.cache_bytes(params, x, n // cores) >= CPU_SPLIT_BYTES:
-        return cores
-    return 1
-
-
 class Objective:
     """L(w) = 1 / (alpha^2 p) sum_mu l(y_mu F(w, x_mu)) with F(w, x) = alpha [f(w, x) - f(w0, x)].
 
@@ -975,8 +913,8 @@ class Objective:
         return [array_module(params[0]).concatenate([params[0], self.frozen], axis=-1)] + list(params[1:])
 
     def split(self, cores, n):
-        """Compute passes over n samples on `cores` cores where that pays (`sample_cores`), else on one."""
-        self.cores = sample_cores(self.net, self.params0, self.x, n, cores)
+        """Compute passes over n samples on `cores` cores where that pays (`machine.sample_cores`), else on one."""
+        self.cores = machine.sample_cores(self.net, self.params0, self.x, n, cores)
 
     def take(self, idx):
         """The objective of the members idx (an index array) only."""
@@ -1009,9 +947,9 @@ class Objective:
             g = self.dl(y_part * F, xp) * y_part * (1.0 / (self.alpha * n))
             return F, self.net.backward(params, cache, g)
 
-        F_parts, grad, parts = [], None, sample_parts(n, self.chunk, self.cores)
+        F_parts, grad, parts = [], None, machine.sample_parts(n, self.chunk, self.cores)
         for first in range(0, len(parts), self.cores):
-            for F, g_part in in_parallel(part, parts[first:first + self.cores], self.cores):
+            for F, g_part in machine.in_parallel(part, parts[first:first + self.cores], self.cores):
                 F_parts.append(F)
                 if need_grad:
                     grad = g_part if grad is None else [a + b for a, b in zip(grad, g_part)]
@@ -1051,7 +989,9 @@ class Run:
     (also `params`), or the predictor of a kernel run. records: one dict per
     checkpoint with host floats (t, dt, step, rejected, wall, loss = alpha^2 L, err,
     unfitted, F_rms, and w_dist, test_err, test_loss where they apply). F_test and
-    test_error: the test predictor and its error, given test data.
+    test_error: the test predictor and its error, given test data. integrator: the step rule
+    of the flow ("paper", "rk23", "rkc", "auto"; "adam" for Adam); evaluations: the evaluations
+    of the system it made (rejected trials, stage values and estimates included).
     """
 
     status: str
@@ -1065,6 +1005,8 @@ class Run:
     wall_s: float
     F_test: object = None
     test_error: float = None
+    integrator: str = "paper"
+    evaluations: int = 0
 
     @property
     def params(self):
@@ -1082,7 +1024,7 @@ class Run:
         return {"status": self.status, "test_error": self.test_error, "train_error": last["err"],
                 "loss": last["loss"], "steps_accepted": self.steps_accepted,
                 "steps_rejected": self.steps_rejected, "t": self.t, "dt": self.dt,
-                "wall_s": self.wall_s}
+                "wall_s": self.wall_s, "integrator": self.integrator, "evaluations": self.evaluations}
 
 
 class Limits:
@@ -1133,6 +1075,28 @@ class Recorder:
         self.next_step = max(record["step"] + 1, math.ceil(record["step"] * self.growth))
 
 
+class TimeRecorder:
+    """One member's records on a schedule in t: at t = 0, at the end of the first step (t = start), then
+    `per_decade` per decade of t (start 10^(1/per_decade), ...), and at the end. next_t: the time of the next
+    record, None for the end of the next step. The step rules with dense output use it."""
+
+    def __init__(self, per_decade=10):
+        self.per_decade, self.start = check_int("checkpoints", per_decade), None
+        self.next_t, self.records = 0.0, []
+
+    def add(self, record):
+        self.records.append(record)
+        t = record["t"]
+        if self.start is None:
+            self.start = t if t > 0 else None
+            self.next_t = None if t == 0 else t * 10 ** (1 / self.per_decade)
+            return
+        k = max(0, math.floor(self.per_decade * math.log10(t / self.start)))
+        while self.start * 10 ** (k / self.per_decade) <= t:
+            k += 1
+        self.next_t = self.start * 10 ** (k / self.per_decade)
+
+
 def one_per_member(value, S, what):
     """A list of S values: `value` itself if it is a sequence of S (one per member), else S times value."""
     values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * S
@@ -1157,14 +1121,16 @@ class Ensemble:
     its own records and, once stopped, its own Run.
     """
 
-    def __init__(self, system, state, point, limits, checkpoints, callback, carried=()):
+    def __init__(self, system, state, point, limits, checkpoints, callback, carried=(), integrator="paper",
+                 in_t=False):
         S = len(state[0])
         self.system, self.state, self.point, self.carried = system, list(state), point, list(carried)
-        self.limits = limits
+        self.limits, self.integrator = limits, integrator
         self.ids = np.arange(S)
-        self.t, self.dt = np.zeros(S), np.zeros(S)
+        self.t, self.dt, self.rho = np.zeros(S), np.zeros(S), np.zeros(S)
         self.steps, self.rejected, self.streak = (np.zeros(S, dtype=int) for _ in range(3))
-        self.recorders = [Recorder(checkpoints) for _ in range(S)]
+        self.evaluations, self.stiff = np.ones(S, dtype=int), np.zeros(S, dtype=bool)
+        self.recorders = [TimeRecorder(checkpoints) if in_t else Recorder(checkpoints) for _ in range(S)]
         self.callbacks = one_per_member(callback, S, "callback")
         self.runs = [None] * S
 
@@ -1178,15 +1144,19 @@ class Ensemble:
         idx = array_module(self.state[0]).asarray(pos, dtype=np.int64)
         return self.system.take(idx), [w[idx] for w in self.state], self.point.take(idx)
 
-    def record(self, pos):
-        """Add a record for the members at positions pos: one observation, one transfer to the host."""
+    def record(self, pos, at=None):
+        """Add a record for the members at positions pos: one observation, one transfer to the host.
+        at: (state, point, t) of those members, where they are recorded between two steps (dense output)."""
         if not len(pos):
             return
         system, state, point = self.subset(pos)
+        times = self.t[pos]
+        if at is not None:
+            state, point, times = at
         observed = system.observe(state, point)
         values = dict(zip(observed, to_host(*observed.values())))
         for k, i in enumerate(pos):
-            record = {"t": float(self.t[i]), "dt": float(self.dt[i]), "step": int(self.steps[i]),
+            record = {"t": float(times[k]), "dt": float(self.dt[i]), "step": int(self.steps[i]),
                       "rejected": int(self.rejected[i]), "wall": self.limits.wall(),
                       **{name: float(v[k]) for name, v in values.items()}}
             callback = self.callbacks[self.ids[i]]
@@ -1203,7 +1173,7 @@ class Ensemble:
         pos = [i for i, status in enumerate(statuses) if status]
         if not pos:
             return
-        self.record([i for i in pos if self.recorders[self.ids[i]].records[-1]["step"] != self.steps[i]])
+        self.record([i for i in pos if self.recorders[self.ids[i]].records[-1]["t"] != self.t[i]])
         system, state, point = self.subset(pos)
         F_test = system.test_predictor(state)
         for k, i in enumerate(pos):
@@ -1211,7 +1181,8 @@ class Ensemble:
             self.runs[self.ids[i]] = Run(
                 statuses[i], [w[k] for w in state], point.take(k), records, int(self.steps[i]),
                 int(self.rejected[i]), float(self.t[i]), float(self.dt[i]), self.limits.wall(),
-                None if F_test is None else F_test[k], records[-1].get("test_err"))
+                None if F_test is None else F_test[k], records[-1].get("test_err"), self.integrator,
+                int(self.evaluations[i]))
         self.keep([i for i, status in enumerate(statuses) if not status])
 
     def keep(self, pos):
@@ -1222,7 +1193,7 @@ class Ensemble:
         idx = array_module(self.state[0]).asarray(pos, dtype=np.int64)
         self.system, self.state, self.point = self.subset(pos)
         self.carried = [[w[idx] for w in arrays] for arrays in self.carried]
-        for name in ("ids", "t", "dt", "steps", "rejected", "streak"):
+        for name in ("ids", "t", "dt", "rho", "steps", "rejected", "streak", "evaluations", "stiff"):
             setattr(self, name, getattr(self, name)[pos])
 
     def accept(self, ok, state, point, carried):
@@ -1268,8 +1239,9 @@ def step_change(old, new):
     return dout, xp.where(norms > 0, diff2 / xp.where(norms > 0, norms, 1.0), xp.where(diff2 > 0, xp.inf, 0.0))
 
 
-def gradient_flow(system, state, *, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.0, max_time=math.inf,
-                  max_wall=math.inf, max_steps=None, checkpoints=10, callback=None, max_rejections=40):
+def gradient_flow(system, state, *, integrator="paper", max_dgrad=1e-4, max_dout=0.1, tolerance=None, dt=1.0,
+                  tau=0.0, max_time=math.inf, max_wall=math.inf, max_steps=None, checkpoints=10, callback=None,
+                  max_rejections=40):
     """Integrate dstate/dt = -grad with the paper's adaptive explicit Euler rule, for S members at once.
 
     From the current state each member takes a trial step of its own size dt, then
@@ -1285,11 +1257,17 @@ def gradient_flow(system, state, *, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.
     "wall", "steps"), or "diverged" when its output is non-finite or max_rejections
     trials in a row fail (dt has shrunk 10^max_rejections-fold); it is then dropped
     from the computation. Returns one Run per member.
+
+    integrator: "paper" (this rule) or one of the error-controlled rules of `runge_kutta_flow`
+    ("rk23", "rkc", "auto"), which take `tolerance` instead of max_dgrad and max_dout.
     """
     if not (max_dgrad > 0 and max_dout > 0 and dt > 0 and tau >= 0):
         raise ValueError(f"need max_dgrad > 0, max_dout > 0, dt > 0 and tau >= 0; "
                          f"got {max_dgrad}, {max_dout}, {dt}, {tau}")
     limits = Limits(max_time, max_wall, max_steps)
+    if check_integrator(integrator) != "paper":
+        return runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, limits, checkpoints,
+                                callback, max_rejections)
     xp = array_module(state[0])
     carried = [[xp.zeros_like(w) for w in state]] if tau > 0 else []
     run = Ensemble(system, state, system.evaluate(state), limits, checkpoints, callback, carried)
@@ -1312,11 +1290,344 @@ def gradient_flow(system, state, *, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.
         run.t = np.where(ok, np.where(clipped, max_time, run.t + h), run.t)
         run.dt = np.where(ok, np.where(grow, run.dt * 1.1, run.dt), h / 10)
         run.steps, run.rejected = run.steps + ok, run.rejected + ~ok
-        run.streak = np.where(ok, 0, run.streak + 1)
+        run.streak, run.evaluations = np.where(ok, 0, run.streak + 1), run.evaluations + 1
         run.record_due(np.flatnonzero(ok))
         run.stop(["fitted" if accepted and margin >= 1 else "diverged" if streak >= max_rejections else None
                   for accepted, margin, streak in zip(ok, min_margin, run.streak)])
     return run.runs
+
+
+# The error-controlled step rules. Each integrates the same flow dy/dt = f(y) with a Runge-Kutta
+# method and sets every member's step from an estimate of the method's own local error, measured
+# against the step's own displacement: accept when |error| <= tolerance |y1 - y0|. (Weights are of
+# order one but move by about 1/alpha: an error relative to |y| would mean nothing.) Two methods:
+# - "rk23", the Bogacki-Shampine 3(2) pair (Bogacki and Shampine 1989): third order, three evaluations
+#   per step (its last stage is the next step's first, FSAL), for where accuracy binds;
+# - "rkc", the second-order Runge-Kutta-Chebyshev method (Sommeijer, Shampine and Verwer 1997), for
+#   where stiffness binds: the flow's Jacobian is minus the Hessian of L, with a real spectrum, and the
+#   s stages of RKC are stable for h rho <= beta(s) ~ 0.65 s^2 (rho the spectral radius, estimated by
+#   power iteration), against h rho <= 2.5 for any three-stage method;
+# - "auto" starts with rk23 and turns to rkc when rk23's step sits at its stability limit.
+# A trial is also rejected where it moves an output by more than the paper's max_dout: a step must not
+# leap over the soft hinge's width, where the curvature of the loss, and so the stiffness, jumps.
+# Fits are found inside a step on the cubic Hermite interpolant of (y0, f0, y1, f1), and records are
+# taken on a schedule in t from the same interpolant.
+
+INTEGRATORS = ("paper", "rk23", "rkc", "auto")
+TOLERANCE = 0.02  # the default |error| / |y1 - y0| of the Runge-Kutta rules
+# The first trial of a Runge-Kutta rule is at most dt, and at most the step whose Euler error h^2 |J f0| / 2
+# is tolerance times its displacement h |f0| (J = df/dy, |J f0| / |f0| measured by one probe of length
+# dt * FIRST_STEP |f0|): the error of a first step from rest, relative to its displacement, goes into F at
+# once, where later errors are diluted by the distance already travelled.
+FIRST_STEP = 1e-2
+RKC_DAMPING = 2 / 13
+STIFF = (2.0, 1.0)  # "auto" turns to rkc where h rho > 2 (rk23 is stable to 2.5), and back where h rho < 1
+MAX_STAGES = 200
+
+
+def check_integrator(name):
+    if name not in INTEGRATORS:
+        raise ValueError(f"unknown integrator {name!r}; choose one of {list(INTEGRATORS)}")
+    return name
+
+
+class Flow:
+    """The right-hand side f of dy/dt = f(y), the flow the Runge-Kutta rules integrate.
+
+    Without momentum y = w and f(y) = -grad L(w). With momentum of time constant tau, y = (w, v) and
+    f(y) = (v, -(v + grad L(w)) / tau): the equations of `euler_step`. `n`: the number of arrays of w.
+    """
+
+    def __init__(self, tau, n):
+        self.tau, self.n = tau, n
+
+    def join(self, state, carried):
+        """y of the ensemble: its state and, with momentum, its velocity (the first carried list)."""
+        return list(state) + (list(carried[0]) if self.tau > 0 else [])
+
+    def rate(self, y, point):
+        """f(y), given the point at y's weights."""
+        if self.tau == 0:
+            return [-g for g in point.grad]
+        v = y[self.n:]
+        return list(v) + [(a + g) * (-1 / self.tau) for a, g in zip(v, point.grad)]
+
+    def __call__(self, system, y, need_grad=True):
+        """The point at y's weights and f(y) (None when need_grad is false: a forward pass only)."""
+        if not need_grad:
+            return system.evaluate(y[:self.n], need_grad=False), None
+        point = system.evaluate(y[:self.n])
+        return point, self.rate(y, point)
+
+
+def combine(*terms):
+    """sum_i c_i a_i over lists of arrays a_i (member axis first); each c_i a number, or one per member (S,)."""
+    out = []
+    for arrays in zip(*(a for _, a in terms)):
+        total = None
+        for (c, _), a in zip(terms, arrays):
+            term = a * (c if isinstance(c, numbers.Real) else per_member(array_module(a).asarray(c, dtype=a.dtype), a))
+            if total is None:
+                total = term
+            else:
+                total += term
+        out.append(total)
+    return out
+
+
+def member_norm(arrays):
+    """Per member, the Euclidean norm over all the arrays of a list, (S,)."""
+    return array_module(arrays[0]).sqrt(sum(member_dot(a, a) for a in arrays))
+
+
+def error_ratio(error, step, tolerance):
+    """Per member |error| / (tolerance |step|): at most 1 accepts. A step of length zero is exact if its error
+    is zero too (0), not otherwise (inf); a non-finite error gives inf."""
+    xp = array_module(error[0])
+    e, d = member_norm(error), tolerance * member_norm(step)
+    return xp.where(d > 0, e / xp.where(d > 0, d, 1.0), xp.where(e == 0, 0.0, xp.inf))
+
+
+@dataclass
+class Trial:
+    """One trial step of every member: the new y, its point and f(y), the displacement y - y0, the error
+    estimate, the evaluations it took, and (rk23) the stiffness seen by its last two stages,
+    |f(y1) - f(Y3)| / |y1 - Y3| <= rho (free: Shampine's test for stiffness)."""
+
+    y: list
+    point: Point
+    f: list
+    step: list
+    error: list
+    evaluations: int
+    stiffness: object = None
+
+
+def bogacki_shampine(flow, system, y0, f0, h):
+    """One step of the Bogacki-Shampine 3(2) pair from y0, f0 = f(y0), of size h (one per member):
+
+    k2 = f(y0 + h/2 f0), k3 = f(y0 + 3h/4 k2), y1 = y0 + h (2/9 f0 + 1/3 k2 + 4/9 k3), k4 = f(y1) (the
+    next step's f0), error = y1 - (the second-order solution) = h (-5/72 f0 + 1/12 k2 + 1/9 k3 - 1/8 k4).
+    """
+    _, k2 = flow(system, combine((1, y0), (h / 2, f0)))
+    Y3 = combine((1, y0), (3 * h / 4, k2))
+    _, k3 = flow(system, Y3)
+    step = combine((2 * h / 9, f0), (h / 3, k2), (4 * h / 9, k3))
+    y1 = combine((1, y0), (1, step))
+    point, k4 = flow(system, y1)
+    error = combine((-5 * h / 72, f0), (h / 12, k2), (h / 9, k3), (-h / 8, k4))
+    stiffness = member_norm(combine((1, k4), (-1, k3))) / member_norm(combine((1, y1), (-1, Y3)))
+    return Trial(y1, point, k4, step, error, 3, stiffness)
+
+
+@functools.cache
+def rkc_coefficients(s):
+    """The s-stage RKC method with damping eps = 2/13 (Sommeijer, Shampine and Verwer 1997, section 2):
+    (mu~_1, [(mu_j, nu_j, mu~_j, gamma~_j) for j = 2..s], beta), from the Chebyshev polynomials T_j at
+    w0 = 1 + eps / s^2, w1 = T_s'(w0) / T_s''(w0), b_j = T_j''(w0) / T_j'(w0)^2 (b_0 = b_1 = b_2); stable for
+    h rho <= beta = (1 + w0) / w1."""
+    w0 = 1 + RKC_DAMPING / s**2
+    T, dT, d2T = [1.0, w0], [0.0, 1.0], [0.0, 0.0]
+    for j in range(2, s + 1):
+        T.append(2 * w0 * T[j - 1] - T[j - 2])
+        dT.append(2 * T[j - 1] + 2 * w0 * dT[j - 1] - dT[j - 2])
+        d2T.append(4 * dT[j - 1] + 2 * w0 * d2T[j - 1] - d2T[j - 2])
+    w1 = dT[s] / d2T[s]
+    b = [d2T[max(j, 2)] / dT[max(j, 2)] ** 2 for j in range(s + 1)]
+    rows = [(2 * b[j] * w0 / b[j - 1], -b[j] / b[j - 2], 2 * b[j] * w1 / b[j - 1],
+             -(1 - b[j - 1] * T[j - 1]) * 2 * b[j] * w1 / b[j - 1]) for j in range(2, s + 1)]
+    return b[1] * w1, rows, (1 + w0) / w1
+
+
+def stages(h_rho):
+    """The fewest RKC stages (at least 2, at most MAX_STAGES) stable for a step h rho (the largest of the members)."""
+    s = 2
+    while s < MAX_STAGES and rkc_coefficients(s)[2] < h_rho:
+        s += 1
+    return s
+
+
+def chebyshev(flow, system, y0, f0, h, s):
+    """One step of s-stage RKC from y0, f0 = f(y0), of size h (one per member): Y1 = y0 + mu~_1 h f0,
+    Y_j = (1 - mu_j - nu_j) y0 + mu_j Y_{j-1} + nu_j Y_{j-2} + mu~_j h f(Y_{j-1}) + gamma~_j h f0, y1 = Y_s;
+    error = (12 (y0 - y1) + 6 h (f0 + f(y1))) / 15 (the method's own estimate); s evaluations."""
+    mu1, rows, _ = rkc_coefficients(s)
+    before, last = y0, combine((1, y0), (mu1 * h, f0))
+    for mu, nu, mu_t, gamma_t in rows:
+        _, f = flow(system, last)
+        before, last = last, combine((1 - mu - nu, y0), (mu, last), (nu, before), (mu_t * h, f), (gamma_t * h, f0))
+    point, f1 = flow(system, last)
+    step = combine((1, last), (-1, y0))
+    error = combine((-12 / 15, step), (6 * h / 15, f0), (6 * h / 15, f1))
+    return Trial(last, point, f1, step, error, s)
+
+
+def spectral_radius(flow, system, y0, f0, direction, size, iterations):
+    """Per member, rho: the largest |eigenvalue| of df/dy at y0, by power iteration on differences of f.
+
+    rho ~ |f(y0 + u) - f(y0)| / |u| with u along `direction` and |u| = size, the step's displacement, so that
+    the probe stays within the region the step explores (the soft hinge's width); then u <- the difference.
+    Returns (rho, the last direction), on the device.
+    """
+    xp = array_module(y0[0])
+    rho = None
+    for _ in range(iterations):
+        length = member_norm(direction)
+        u = combine((size / xp.where(length > 0, length, 1.0), direction))
+        _, f = flow(system, combine((1, y0), (1, u)))
+        direction = combine((1, f), (-1, f0))
+        rho = member_norm(direction) / xp.where(size > 0, size, 1.0)
+    return rho, direction
+
+
+def hermite(y0, f0, y1, f1, h, s):
+    """The cubic Hermite interpolant of a step at the fractions s (one per member) of it:
+    y(s) = (2s^3 - 3s^2 + 1) y0 + (s^3 - 2s^2 + s) h f0 + (3s^2 - 2s^3) y1 + (s^3 - s^2) h f1, third-order accurate."""
+    return combine((2 * s**3 - 3 * s**2 + 1, y0), ((s**3 - 2 * s**2 + s) * h, f0), (3 * s**2 - 2 * s**3, y1),
+                   ((s**3 - s**2) * h, f1))
+
+
+def fit_fraction(flow, system, ends, h, below, above, t_end, precision=1e-5, iterations=20):
+    """Per member, the fraction s of its step at which its smallest margin min y F reaches 1, and the forward
+    passes it took: regula falsi with the Illinois rule on the interpolant `ends` = (y0, f0, y1, f1), from the
+    smallest margins below 1 at s = 0 and above at s = 1, until the bracket is shorter than precision t_end.
+    Returns the bracket's upper end, where every margin is >= 1."""
+    xp = array_module(ends[0][0])
+    lo, hi = np.zeros(len(h)), np.ones(len(h))
+    g_lo, g_hi = below - 1, above - 1
+    side, passes = np.zeros(len(h)), 0
+    while passes < iterations and np.any(((hi - lo) * h > precision * t_end) & (g_hi > 1e-12)):
+        s = np.clip((lo * g_hi - hi * g_lo) / (g_hi - g_lo), lo, hi)
+        point, _ = flow(system, hermite(*ends, h, s), need_grad=False)
+        (g,) = to_host(xp.min(point.margins, axis=1) - 1)
+        passes += 1
+        up = g >= 0
+        g_lo = np.where(up & (side > 0), g_lo / 2, np.where(up, g_lo, g))
+        g_hi = np.where(~up & (side < 0), g_hi / 2, np.where(up, g, g_hi))
+        lo, hi, side = np.where(up, lo, s), np.where(up, s, hi), np.where(up, 1.0, -1.0)
+    return hi, passes
+
+
+def take_rows(arrays, idx):
+    return [a[idx] for a in arrays]
+
+
+def runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, limits, checkpoints, callback,
+                     max_rejections):
+    """Gradient flow by an error-controlled Runge-Kutta rule ("rk23", "rkc" or "auto"), for S members at once.
+
+    Each member has its own step h: it accepts a trial when r = max(|error| / (tolerance |y1 - y0|),
+    (dout / max_dout)^2) <= 1 and its output is finite, then h *= 0.9 r^(-1/2) within [0.2, 5] (no growth
+    just after a rejection; a non-finite trial: h /= 10). The members of an ensemble take their trials
+    with one method at a time: rkc as soon as one of them is stiff ("auto": h rho > 2, against rk23's
+    stability limit 2.5, and back below h rho = 1), with the stages the stiffest one needs. rho is
+    estimated by power iteration every 10 trials and after a stiff member's rejection, and raised by what
+    every rk23 trial's last stages see (`Trial`); an rk23 trial with h rho > 2 is rejected. A member that fits inside a step stops at the time its smallest margin
+    reaches 1 (`fit_fraction`); records are taken `checkpoints` per decade of t (`TimeRecorder`). Stop rules and
+    the Runs are those of `gradient_flow`, with run.evaluations counting every evaluation of the system:
+    stages, rejected trials, spectral estimates and the fit's forward passes.
+    """
+    tolerance = TOLERANCE if tolerance is None else tolerance
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance!r}")
+    xp = array_module(state[0])
+    flow = Flow(tau, len(state))
+    carried = [[xp.zeros_like(w) for w in state]] if tau > 0 else []
+    start = system.evaluate(state)
+    direction = flow.rate(flow.join(state, carried), start)
+    run = Ensemble(system, state, start, limits, checkpoints, callback, carried + [direction], integrator, True)
+    size = xp.asarray(np.full(len(run), dt * FIRST_STEP), dtype=state[0].dtype) * member_norm(direction)
+    (rho,) = to_host(spectral_radius(flow, system, flow.join(state, carried), direction, direction, size, 1)[0])
+    run.dt[:] = np.where(rho * dt > 2 * tolerance, 2 * tolerance / np.where(rho > 0, rho, 1.0), dt)
+    run.evaluations += 1
+    run.stiff[:] = integrator == "rkc"
+    run.record(range(len(run)))
+    run.stop(output_status(run.point))
+    since = 0  # trials since the last estimate of rho
+    while len(run):
+        run.stop([limits.reached(t, steps) for t, steps in zip(run.t, run.steps)])
+        if not len(run):
+            break
+        to_end = limits.max_time - run.t
+        h = np.minimum(run.dt, to_end)
+        y0 = flow.join(run.state, run.carried)
+        f0 = flow.rate(y0, run.point)
+        h_dev = xp.asarray(h, dtype=state[0].dtype)
+        if integrator != "rk23" and (since >= 10 or np.any(run.rho == 0) or np.any(run.stiff & (run.streak > 0))):
+            iterations = 5 if np.any(run.rho == 0) else 2
+            rho, run.carried[-1] = spectral_radius(flow, run.system, y0, f0, run.carried[-1],
+                                                   h_dev * member_norm(f0), iterations)
+            (rho,) = to_host(rho)
+            run.rho = np.where(np.isfinite(rho), 1.2 * rho, 0.0)  # a probe that met a NaN: estimated again
+            run.evaluations, since = run.evaluations + iterations, 0
+        if integrator == "auto":
+            run.stiff = run.rho * h > np.where(run.stiff, STIFF[1], STIFF[0])
+        if run.stiff.any():
+            h = np.minimum(h, rkc_coefficients(MAX_STAGES)[2] / np.maximum(run.rho, 1e-300))
+            h_dev = xp.asarray(h, dtype=state[0].dtype)
+            trial = chebyshev(flow, run.system, y0, f0, h_dev, stages(float(np.max(h * run.rho))))
+        else:
+            trial = bogacki_shampine(flow, run.system, y0, f0, h_dev)
+        since += 1
+        ratio, dout, min_margin, before, stiffness = to_host(
+            error_ratio(trial.error, trial.step, tolerance), xp.max(xp.abs(trial.point.F - run.point.F), axis=1),
+            xp.min(trial.point.margins, axis=1), xp.min(run.point.margins, axis=1),
+            xp.zeros(len(h)) if trial.stiffness is None else trial.stiffness)
+        ratio = np.maximum(ratio, (dout / max_dout) ** 2)
+        ok = (ratio <= 1) & np.isfinite(min_margin)
+        if integrator == "auto" and trial.stiffness is not None:  # a step at rk23's stability limit is not
+            # trusted: the member's next trial is rkc's
+            run.rho = np.maximum(run.rho, np.where(np.isfinite(stiffness), stiffness, 0.0))
+            ok &= run.rho * h <= STIFF[0]
+        factor = np.where(np.isfinite(ratio), np.clip(0.9 * np.maximum(ratio, 1e-10) ** -0.5, 0.2, 5.0), 0.1)
+        factor = np.where(run.streak > 0, np.minimum(factor, 1.0), factor)
+        clipped = h >= to_end  # the step lands on max_time
+        t0, t1 = run.t, np.where(clipped, limits.max_time, run.t + h)
+        ends = (y0, f0, trial.y, trial.f)
+        fits = np.flatnonzero(ok & (min_margin >= 1))
+        if len(fits):
+            idx = xp.asarray(fits, dtype=np.int64)
+            part, part_ends = run.system.take(idx), [take_rows(a, idx) for a in ends]
+            s, passes = fit_fraction(flow, part, part_ends, h[fits], before[fits], min_margin[fits], t1[fits])
+            t1[fits] = t0[fits] + s * h[fits]
+            y_fit = hermite(*part_ends, h[fits], s)
+            point_fit, _ = flow(part, y_fit)
+            for a, b in zip(trial.y, y_fit):
+                a[idx] = b
+            for name in ("F", "margins", "loss"):
+                getattr(trial.point, name)[idx] = getattr(point_fit, name)
+            for a, b in zip(trial.point.grad, point_fit.grad):
+                a[idx] = b
+            trial.point.grad2 = None
+            (min_fit,) = to_host(xp.min(point_fit.margins, axis=1))
+            min_margin[fits] = min_fit
+            run.evaluations[fits] += passes + 1
+        record_between(run, flow, ends, h, np.flatnonzero(ok), t0, t1)
+        run.accept(ok, trial.y[:flow.n], trial.point, ([trial.y[flow.n:]] if tau > 0 else []) + [run.carried[-1]])
+        run.t = np.where(ok, t1, run.t)
+        run.dt = np.where(ok & clipped, run.dt, h * factor)
+        run.steps, run.rejected = run.steps + ok, run.rejected + ~ok
+        run.streak, run.evaluations = np.where(ok, 0, run.streak + 1), run.evaluations + trial.evaluations
+        run.stop(["fitted" if accepted and margin >= 1 else "diverged" if streak >= max_rejections else None
+                  for accepted, margin, streak in zip(ok, min_margin, run.streak)])
+    return run.runs
+
+
+def record_between(run, flow, ends, h, pos, t0, t1):
+    """Record the members at positions pos at every checkpoint time t0 < t <= t1 of their step, on the step's
+    interpolant `ends` = (y0, f0, y1, f1): one forward pass per round, each round one checkpoint per member."""
+    xp = array_module(ends[0][0])
+    while True:
+        next_t = {i: run.recorders[run.ids[i]].next_t for i in pos}
+        due = [i for i in pos if next_t[i] is None or next_t[i] <= t1[i]]
+        if not due:
+            return
+        times = np.array([t1[i] if next_t[i] is None else next_t[i] for i in due])
+        idx = xp.asarray(due, dtype=np.int64)
+        system = run.system.take(idx) if len(due) < len(run) else run.system
+        y = hermite(*[take_rows(a, idx) for a in ends], h[due], (times - t0[due]) / h[due])
+        point, _ = flow(system, y, need_grad=False)
+        run.record(due, (y[:flow.n], point, times))
 
 
 # ---------------------------------------------------------------------------
@@ -1352,7 +1663,7 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
     xp = array_module(params[0])
     zeros = [[xp.zeros_like(w) for w in params] for _ in range(2)]
     run = Ensemble(objective, params, objective.evaluate(params, need_grad=False), limits, checkpoints, callback,
-                   zeros)
+                   zeros, "adam")
     batches = [minibatches(len(objective.y), batch_size, np.random.default_rng(s)) for s in seeds]
     run.dt[:] = lr
     run.record(range(S))
@@ -1370,33 +1681,16 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
         c1, c2 = 1 - betas[0] ** step, 1 - betas[1] ** step
         run.state = [w - lr * (a / c1) / (xp.sqrt(b / c2) + eps) for w, a, b in zip(run.state, m, v)]
         run.carried = [m, v]
-        run.steps[:], run.t[:] = step, lr * step
+        run.steps[:], run.t[:], run.evaluations = step, lr * step, run.evaluations + 1
         due = run.recorders[run.ids[0]].due(step)
         if drawn[0][1] or due or limits.reached(lr * step, step):
             run.point = run.system.evaluate(run.state, need_grad=False)
+            run.evaluations += 1
             statuses = output_status(run.point)
             if due:
                 run.record(range(len(run)))
             run.stop(statuses)
     return run.runs
-
-
-def across_cores(fit, S, threads):
-    """fit(idx) -> Runs of the members idx, for S members split over `threads` cores; the Runs in member order.
-
-    On the CPU an ensemble's products are too small to keep two BLAS threads busy, and NumPy's
-    elementwise operations use one core. So the members are dealt round-robin into one block
-    per core (so that the blocks mix the sweep's alphas and take about as long), and each
-    block is integrated in a thread of its own (`in_parallel`). Members are independent:
-    how they are split changes no result.
-    """
-    threads = min(threads, S)
-    blocks = [np.arange(k, S, threads) for k in range(threads)]
-    runs = [None] * S
-    for idx, block_runs in zip(blocks, in_parallel(fit, blocks, threads)):
-        for i, run in zip(idx, block_runs):
-            runs[i] = run
-    return runs
 
 
 def check_memory(net, params, x, n):
@@ -1409,6 +1703,54 @@ def check_memory(net, params, x, n):
                          f"({each / 2**20:.0f} MiB each, {n} samples at a time), but {free / 2**30:.2f} GiB are "
                          f"free; train at most {max(1, int(free // each))} networks at a time "
                          "(the sweep's --max-members), or lower chunk")
+
+
+class BasisCache:
+    """The bases of the last few training sets, keyed by their bytes: one SVD per data set.
+
+    Whatever the order in which threads run, a request never computes a basis that another request
+    is computing or that is kept: it waits for that one. Bases in use (requested and not yet
+    returned) are never evicted; of the others, the least recently used go once more than `size`
+    are kept.
+    """
+
+    def __init__(self, size=4):
+        self.size, self.lock, self.entries = size, threading.Lock(), {}
+
+    def get(self, key, compute):
+        """compute()'s value for key, computed by the first request for key and shared by the rest."""
+        with self.lock:
+            entry = self.entries.pop(key, None)
+            owner = entry is None
+            if owner:
+                entry = {"users": 0, "ready": threading.Event(), "value": None, "error": None}
+            self.entries[key] = entry  # the most recently used last
+            entry["users"] += 1
+        try:
+            if owner:
+                try:
+                    entry["value"] = compute()
+                except BaseException as error:
+                    entry["error"] = error
+                    raise
+                finally:
+                    entry["ready"].set()
+            entry["ready"].wait()
+            if entry["error"] is not None:
+                raise entry["error"]
+            return entry["value"]
+        finally:
+            with self.lock:
+                entry["users"] -= 1
+                if entry["error"] is not None and self.entries.get(key) is entry:
+                    del self.entries[key]
+                self.evict()
+
+    def evict(self):
+        """Drop the least recently used bases that nobody uses until at most `size` are kept."""
+        idle = [key for key, entry in self.entries.items() if entry["users"] == 0]
+        for key in idle[:max(0, len(self.entries) - self.size)]:
+            del self.entries[key]
 
 
 class DataSpan:
@@ -1425,8 +1767,7 @@ class DataSpan:
     Adam, whose steps are not sums of gradients.
     """
 
-    bases = {}  # the bases of the last few training sets, keyed by their bytes: one SVD per data set
-    bases_lock = threading.Lock()  # trainings in threads of one process (a bench, a Dask worker) share them
+    bases = BasisCache()  # the trainings in threads of one process (a bench, a Dask worker) share it
 
     def __init__(self, net, params0, x):
         """params0 with the member axis; x the training inputs (p, d), p < d."""
@@ -1450,14 +1791,13 @@ class DataSpan:
         """(Q, r): Q the right singular vectors of x, r = rank x (the singular values above rounding)."""
         xp, host = array_module(x), x.get() if hasattr(x, "get") else x
         key = (xp.__name__, x.shape, str(x.dtype), hashlib.sha1(np.ascontiguousarray(host).tobytes()).hexdigest())
-        with cls.bases_lock:
-            if key not in cls.bases:
-                _, s, vt = xp.linalg.svd(x, full_matrices=True)
-                tolerance = max(x.shape) * np.finfo(x.dtype).eps * float(s[0])
-                if len(cls.bases) == 4:
-                    cls.bases.pop(next(iter(cls.bases)))
-                cls.bases[key] = vt.T, int((s > tolerance).sum())
-            return cls.bases[key]
+
+        def svd():
+            _, s, vt = xp.linalg.svd(x, full_matrices=True)
+            tolerance = max(x.shape) * np.finfo(x.dtype).eps * float(s[0])
+            return vt.T, int((s > tolerance).sum())
+
+        return cls.bases.get(key, svd)
 
     @staticmethod
     def applies(net, x):
@@ -1484,14 +1824,15 @@ class DataSpan:
 def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow", loss="softhinge",
           subtract_f0=True, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.0, lr=1e-3, batch_size=32,
           seed=0, max_time=math.inf, max_wall=math.inf, max_steps=None, checkpoints=10,
-          callback=None, chunk=CHUNK, data_span=True):
+          callback=None, chunk=CHUNK, data_span=True, integrator="paper", tolerance=None):
     """Train F(w, x) = alpha [f(w, x) - f(w0, x)] on (x, y) from w0 = params0.
 
     params0: one network (`net.init(seed)`) with alpha a number, or an ensemble
     (`net.init(seeds)`, S members) with alpha a sequence of S numbers (or one for
     all); the members are trained as one computation. method "flow": gradient flow
     dw/dt = -grad L with the paper's adaptive step (max_dgrad, max_dout, initial dt,
-    momentum tau); "adam": Adam with lr, batch_size and the mini-batch order of
+    momentum tau), or the error-controlled step rule `integrator` ("rk23", "rkc", "auto"
+    of `runge_kutta_flow`, with its `tolerance`); "adam": Adam with lr, batch_size and the mini-batch order of
     `seed` (one per member, or one for all). Each member stops when fitted, at
     max_time / max_wall (seconds) / max_steps, or when diverged. `callback(params,
     record)` (one for all members, or a list of one per member) runs at each
@@ -1503,6 +1844,7 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
     """
     if method not in ("flow", "adam"):
         raise ValueError(f"unknown method {method!r}; choose 'flow' or 'adam'")
+    check_integrator(integrator)
     if (x_test is None) != (y_test is None):
         raise ValueError("give both x_test and y_test, or neither")
     params0, single = net.members(params0)
@@ -1527,13 +1869,14 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
             part, state = objective.take(array_module(params0[0]).asarray(idx)), [w[idx] for w in params0]
         kept = dict(limits, callback=[callbacks[i] for i in idx])
         if method == "flow":
-            return gradient_flow(part, state, max_dgrad=max_dgrad, max_dout=max_dout, dt=dt, tau=tau, **kept)
+            return gradient_flow(part, state, integrator=integrator, max_dgrad=max_dgrad, max_dout=max_dout,
+                                 tolerance=tolerance, dt=dt, tau=tau, **kept)
         return adam(part, state, lr=lr, batch_size=batch_size, seed=[seeds[i] for i in idx], **kept)
 
-    threads = cpu_threads(xp)
+    threads = machine.cpu_threads(xp)
     n = len(objective.x) if method == "flow" else min(check_int("batch_size", batch_size), len(objective.x))
     objective.split(threads // min(threads, S), n)
-    runs = across_cores(fit, S, threads)
+    runs = machine.across_cores(fit, S, threads)
     if span:
         for s, run in enumerate(runs):
             run.state = span.original(run.state, s)

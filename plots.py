@@ -136,7 +136,8 @@ def timescale(numbers, title):
     reference_slope(ax_growth, 1e-3, 1e-2, 1.0, 1e-1, "slope 1")
     finish_axes(ax_loss, "t", r"$\alpha^2 \mathcal{L}$ (h = %d, seed 0)" % numbers["h_shown"], logy=True, fontsize=6)
     finish_axes(ax_t1, ALPHA_SQRT_H, r"$t_1$ (loss at half its initial value)", logy=True, fontsize=6)
-    finish_axes(ax_growth, r"$t / t_1$", r"$|F(t) - F(0)|$ (RMS over training points)", logy=True, fontsize=6)
+    finish_axes(ax_growth, r"$t / t_1$", r"$|f(w_t) - f(w_0)| / \sqrt{h}$ (RMS over training points)", logy=True,
+                fontsize=6)
     return fig
 
 

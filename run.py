@@ -94,6 +94,8 @@ def add_train(sub):
     fit.add_argument("--seed", type=natural_int, default=d["seed"], help="seed of the initialisation (default %(default)s)")
     fit.add_argument("--method", choices=["flow", "adam"], default=d["method"])
     fit.add_argument("--loss", choices=sorted(lf.LOSSES), default=d["loss"])
+    fit.add_argument("--integrator", choices=list(lf.INTEGRATORS), default=d["integrator"],
+                     help="the flow's step rule: paper (the paper's adaptive Euler, default), rk23, rkc, auto")
     fit.add_argument("--keep-f0", action="store_true", help="F = alpha f(w) (the appendix's alphaf)")
     fit.add_argument("--tau", type=float, default=d["tau"], help="momentum time constant (default %(default)s)")
     fit.add_argument("--lr", type=positive_float, default=d["lr"], help="Adam's learning rate")
@@ -117,7 +119,7 @@ def train_config(args):
     return {"dataset": args.dataset, "p": args.p, "p_test": args.p_test, "pca": args.pca, "d": args.d,
             "data_seed": args.data_seed, "arch": args.arch, "h": args.h, "L": args.L, "act": args.act,
             "bias": args.bias, "alpha_sqrt_h": alpha_sqrt_h, "seed": args.seed, "method": args.method,
-            "loss": args.loss, "subtract_f0": not args.keep_f0, "tau": args.tau, "lr": args.lr,
+            "loss": args.loss, "integrator": args.integrator, "subtract_f0": not args.keep_f0, "tau": args.tau, "lr": args.lr,
             "batch_size": args.batch_size, "max_time": args.max_time, "max_wall": args.max_wall,
             "max_steps": args.max_steps, "kernel_points": args.kernel_points, "baselines": args.baselines,
             "device": args.device, "dtype": args.dtype}
@@ -169,10 +171,11 @@ def add_bench(sub):
     parser.add_argument("--steps", type=positive_int, default=500, help="accepted steps to time (default 500)")
     parser.add_argument("--jacobian-points", type=positive_int, default=128,
                         help="points for the FC Jacobian-method NTK (default 128)")
-    parser.add_argument("--suite", choices=["engine", "device"], default="engine",
+    parser.add_argument("--suite", choices=["engine", "device", "integrators"], default="engine",
                         help="engine: the benchmarks below (default); device: an ensemble of 64 FC nets (h=100, "
                              "p=10 000) against one net on the device and on the CPU, and a paper-scale subset "
-                             "with the projected wall of each finding (for a GPU: .ci/device)")
+                             "with the projected wall of each finding (for a GPU: .ci/device); integrators: "
+                             "each integrator's evaluations, wall and accuracy to fit beside the paper rule's")
     parser.add_argument("--json", action="store_true", help="print one JSON object per benchmark")
     parser.set_defaults(command=command_bench)
 
@@ -197,7 +200,8 @@ def format_bench(row):
                  f"{row['split']:.2f}x" if "split" in row else "")
         return (f"ensemble  {row['case']:<34} {row['ensemble_per_s']:9.0f} member-steps/s together, "
                 f"{row['solo_per_s']:.0f} one at a time: {row['speedup']:.2f}x "
-                f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'}){split}")
+                f"({row['member_steps']} member-steps{'' if row['same_steps'] else ', NOT the same steps'}, "
+                f"{row['records_per_step']:.2f} checkpoints per step){split}")
     if row["bench"] == "throughput":
         return (f"throughput {row['case']:<44} {row['per_s']:9.1f} member-steps/s "
                 f"({row['member_steps']} in {row['seconds']:.1f} s)")
@@ -207,6 +211,14 @@ def format_bench(row):
         return (f"projection {row['case']:<44} {row['member_steps_per_s']:9.1f} member-steps/s, "
                 f"{row['fitted']} of {row['members']} fitted in {row['seconds']:.0f} s, {row['steps_per_run']} "
                 f"steps per run; paper scale{bound}: {hours}")
+    if row["bench"] in ("integrators", "integrators_total"):
+        lines = [f"integrators {row['case']}" + (f", DOP853 fit at t = {row['t_fit']:.4g}" if "t_fit" in row else "")]
+        for name, m in row["integrators"].items():
+            lines.append(f"  {name:<6} {m['evaluations']:6d} evaluations  {m['wall_s']:7.1f} s"
+                         + (f"   {m['evaluations_ratio']:.2f}x and {m['wall_ratio']:.2f}x the paper rule's"
+                            if "wall_ratio" in m else
+                            f"   devF {m['dev_F']:.1e}  devW {m['dev_W']:.1e}  fit time {m['t_error']:+.1e}"))
+        return "\n".join(lines)
     if row["bench"] == "infinite":
         return (f"infinite  {row['case']:<34} table {row['build_s']:.2f} s, then lookup {row['lookup_s']:.2f} s   "
                 f"table error {row['table_error']:.1e}, against direct quadrature {row['direct_error']:.1e}")
@@ -220,6 +232,7 @@ def command_bench(args):
 
     lf.backend(args.device)
     rows = (bench.device_benchmarks(args.device, args.dtype) if args.suite == "device"
+            else bench.bench_integrators() if args.suite == "integrators"
             else bench.all_benchmarks(args.device, args.dtype, args.steps, args.jacobian_points))
     for row in rows:
         print(json.dumps(row) if args.json else format_bench(row), flush=True)
@@ -281,6 +294,11 @@ def number_list(kind):
     return lambda text: [kind(part) for part in text.split(",") if part.strip()]
 
 
+def machine_cores():
+    """The cores this process may run on (its CPU affinity where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def add_findings(sub):
     for name, description in [*FINDING_HELP.items(), ("all", "every finding in turn, and figures/REPORT.md")]:
         parser = sub.add_parser(name, help=description, description=description + ". Figures go to "
@@ -290,7 +308,9 @@ def add_findings(sub):
                             help="quick: 2 CPU cores, minutes; paper: the paper's sizes, for a GPU")
         parser.add_argument("--results", default="results", help="where each run is stored (default results)")
         parser.add_argument("--figures", default="figures", help="where figures and verdicts go (default figures)")
-        parser.add_argument("--workers", type=positive_int, default=1, help="local processes (default 1)")
+        parser.add_argument("--workers", type=positive_int,
+                            help=f"local processes (default: the cores of this machine, {machine_cores()} here; "
+                                 "1 with --device gpu)")
         parser.add_argument("--scheduler", help="address of a Dask scheduler to run on (tcp://host:port)")
         parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
         parser.add_argument("--max-members", type=positive_int,
@@ -359,7 +379,8 @@ def command_finding(args):
 
     lf.backend(args.device)
     names = list(findings.FINDINGS) if args.finding == "all" else [args.finding]
-    context = findings.Context(args.results, args.workers, args.scheduler, args.device, not args.no_progress,
+    workers = args.workers or (1 if args.device == "gpu" else machine_cores())
+    context = findings.Context(args.results, workers, args.scheduler, args.device, not args.no_progress,
                                max_members=args.max_members,
                                max_memory=args.max_memory and args.max_memory * 2**30)
     given = overrides(args)

@@ -44,12 +44,12 @@ def result(c, test_error, records=None, **fields):
 
 
 def crossover(c, holds):
-    """holds: kernel change 30 a^(-4/3) for a = alpha sqrt(h) < 1, 30 / a above (alpha* sqrt(h) = 30 for
+    """holds: kernel change 50 a^(-4/3) for a = alpha sqrt(h) < 1, 50 / a above (alpha* sqrt(h) = 50 for
     every h), test error a function of a (plus width_term). Else: kernel change (alpha / 1000)^(-1/2) and
     the error a function of alpha = a / sqrt(h): no collapse, slopes -1/2, alpha* = 1000 for every h."""
     a, alpha = c["alpha_sqrt_h"], c["alpha_sqrt_h"] / math.sqrt(c["h"])
     if holds:
-        change, error = (30 * a ** (-4 / 3) if a < 1 else 30 / a), 0.10 + 0.05 / (1 + a / 30)
+        change, error = (50 * a ** (-4 / 3) if a < 1 else 50 / a), 0.10 + 0.05 / (1 + a / 50)
     else:
         change, error = (alpha / 1000) ** -0.5, 0.10 + 0.05 / (1 + alpha / 3)
     return result(c, error + width_term(c["h"], holds) + 0.001 * noise(c, 1),
@@ -93,14 +93,23 @@ def run_labels(c):
 WRONG = {True: {"feature": 0.10, "lazy": 0.05}, False: {"feature": 0.3, "lazy": 0.5}}  # points the mean gets wrong
 
 
-def mean_margin(n, regime, holds):
-    """y m(x) of the seed-averaged predictor m on n test points: the first WRONG fraction is wrong.
+def wrong_fraction(regime, holds, h):
+    """The fraction of test points that the seed-averaged predictor gets wrong: WRONG, and when the paper
+    does not hold, 0.04 more per doubling of finite h (so that wider networks do worse, ensembles included,
+    and move away from the h = infinity predictor, which keeps WRONG)."""
+    if holds or h >= INFINITE_WIDTH:
+        return WRONG[holds][regime]
+    return min(1.0, WRONG[holds][regime] + 0.04 * math.log2(h))
 
-    holds: wrong by -1, the rest right by U(0.05, 1). Else: wrong by -0.6 (the noise, 1, flips
+
+def mean_margin(n, regime, holds, h):
+    """y m(x) of the seed-averaged predictor m on n test points: the first wrong_fraction are wrong.
+
+    holds: wrong by -1, the rest right by U(0.5, 1). Else: wrong by -0.6 (the noise, 1, flips
     each single net there less often than their average), the rest right by 5.
     """
-    wrong = np.arange(n) < WRONG[holds][regime] * n
-    right = np.random.default_rng(7).uniform(0.05, 1.0, n) if holds else np.full(n, 5.0)
+    wrong = np.arange(n) < wrong_fraction(regime, holds, h) * n
+    right = np.random.default_rng(7).uniform(0.5, 1.0, n) if holds else np.full(n, 5.0)
     return np.where(wrong, -1.0 if holds else -0.6, right)
 
 
@@ -111,7 +120,7 @@ def fluctuations(c, holds):
     regime = "lazy" if c["alpha_sqrt_h"] >= 100 else "feature"
     sigma = 2 / math.sqrt(c["h"]) if holds else 1.0
     rng = np.random.default_rng([c["seed"], c["h"], int(1e6 * c["alpha_sqrt_h"]), 3])
-    F = y * mean_margin(len(y), regime, holds) + sigma * rng.standard_normal(len(y))
+    F = y * mean_margin(len(y), regime, holds, c["h"]) + sigma * rng.standard_normal(len(y))
     return result(c, np.mean(y * F <= 0), F_test=F.tolist())
 
 
@@ -121,18 +130,33 @@ def fluctuations(c, holds):
 
 
 def records(t1, growth):
-    """alpha^2 L = 2^(-t / t1) (half time t1) and |F(t) - F(0)| = 0.01 (t / t1)^growth, at t = 0 and
-    t1 2^((k + 1/2) / 4) for k = -60 .. 15."""
+    """alpha^2 L = 2^(-t / t1) (half time t1) and F_rms = growth(t), at t = 0 and t1 2^((k + 1/2) / 4) for
+    k = -60 .. 15."""
     ts = [0.0] + [t1 * 2 ** ((k + 0.5) / 4) for k in range(-60, 16)]
-    return [{"t": t, "loss": 2 ** (-t / t1), "F_rms": 0.01 * (t / t1) ** growth} for t in ts]
+    return [{"t": t, "loss": 2 ** (-t / t1), "F_rms": growth(t)} for t in ts]
 
 
-def timescale(c, holds):
-    """holds: t1 = 2.5 alpha sqrt(h) up to alpha sqrt(h) = 1, then 2.5; |F - F0| ~ t. Else t1 = 0.05
-    (alpha sqrt(h))^(1/2) everywhere and |F - F0| ~ t^(1/2). Seed noise 5 % on t1."""
-    a = c["alpha_sqrt_h"]
-    t1 = (2.5 * min(a, 1.0) if holds else 0.05 * a**0.5) * math.exp(0.05 * noise(c))
-    return result(c, 0.1, records(t1, 1.0 if holds else 0.5))
+LINEAR_GAPS = {True: [0.02, 0.8, 2.0], False: [0.4, 0.3, 0.1]}  # |F - F_lin| / |F| at t1/10, t1, 10 t1
+
+
+def timescale(c, holds, t1_of=None):
+    """holds: t1 = 2.5 alpha sqrt(h) up to alpha sqrt(h) = 1, then 2.5; |f - f0| / sqrt(h) = 0.01 t / t1 (F_rms
+    = alpha sqrt(h) times that); F near the linear flow at t1/10, far from it at t1 and after. Else t1 = 0.05
+    (alpha sqrt(h))^(1/2) everywhere, |f - f0| / sqrt(h) = 0.01 t / 0.05 whatever t1, and F as far
+    from the linear flow before t1 as after. t1_of(alpha, h) replaces the t1 of holds. Seed noise 5 % on t1
+    and on the gaps, 5 % (holds) or 10 % on the scale of each growth curve."""
+    a, h = c["alpha_sqrt_h"], c["h"]
+    t1 = t1_of(a / math.sqrt(h), h) if t1_of else 2.5 * min(a, 1.0) if holds else 0.05 * a**0.5
+    t1 *= math.exp(0.05 * noise(c))
+    scale = 0.01 * a * math.exp((0.05 if holds else 0.1) * noise(c, 4))
+    growth = (lambda t: scale * t / t1) if holds else (lambda t: scale * t / 0.05)
+    gaps = [g * math.exp(0.05 * noise(c, 5 + k)) for k, g in enumerate(LINEAR_GAPS[holds])]
+    return result(c, 0.1, records(t1, growth), linear_gap={"t1": t1, "gaps": gaps})
+
+
+def timescale_in_alpha_only(c, holds):
+    """t1 = 2.5 alpha on the feature side, whatever h (t1 ~ alpha alone, not sqrt(h) alpha); else as timescale."""
+    return timescale(c, holds, t1_of=lambda alpha, h: 2.5 * min(alpha, 1 / math.sqrt(h)))
 
 
 # ---------------------------------------------------------------------------

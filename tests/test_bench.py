@@ -53,3 +53,48 @@ def test_the_device_suite_runs_end_to_end_on_the_cpu_at_small_sizes():
     assert projection["members"] == 23 and 0 <= projection["fitted"] <= 23
     assert set(projection["projected_hours"]) == {"crossover", "regimes", "fluctuations", "timescale", "kernels"}
     assert all(run.format_bench(row) for row in rows)
+
+
+def test_a_sweep_is_projected_from_the_step_cost_of_its_fc_runs_and_cnn_runs_are_only_counted(monkeypatch):
+    """Two FC runs, one of 4x the calibration's cost per step, at 100 steps each and 50 member-steps per second
+    measured: (1 + 4) x 100 / 50 s; a CNN run is counted apart."""
+    monkeypatch.setattr(bench, "member_steps_per_s", lambda device: 50.0)
+    same = {k: bench.CALIBRATION[k] for k in ("dataset", "d", "p", "h", "L")}
+    four_times = {**same, "p": 4 * same["p"]}
+    cnn = {**same, "arch": "cnn"}
+    hours, fc, other = bench.projected_sweep([same, four_times, cnn], steps_per_run=100)
+    assert (fc, other) == (2, 1) and hours * 3600 == pytest.approx(5 * 100 / 50, rel=1e-12)
+    assert bench.input_dimension({"dataset": "fashion"}) == 784 and bench.input_dimension({"pca": 10}) == 10
+    assert bench.input_dimension({"dataset": "cifar10"}) == 3072
+
+
+def test_a_paper_scale_sweep_on_the_cpu_prints_its_size_projection_and_alternatives_before_it_starts(
+        monkeypatch, tmp_path, capsys):
+    import findings
+    import sweep
+
+    class Started(Exception):
+        pass
+
+    def refuse(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(bench, "member_steps_per_s", lambda device: 100.0)
+    monkeypatch.setattr(sweep, "run", refuse)
+    context = findings.Context(str(tmp_path), workers=2, progress=False)
+    with pytest.raises(Started):
+        findings.crossover(context, findings.sizes_for("crossover", "paper"))
+    printed = capsys.readouterr().err
+    runs = len(findings.PAPER_GRID["h"]) * len(findings.PAPER_GRID["alpha_sqrt_h"]) * findings.PAPER_GRID["seeds"]
+    assert f"{runs} runs to compute, 0 stored" in printed and "projected at" in printed
+    assert "--device gpu" in printed and "--scheduler" in printed
+
+
+def test_the_infinite_width_benchmark_reports_the_table_within_its_stated_accuracy():
+    """The table's error at the midpoints of its grid (read in the angle, as ntk_infinite reads it) and the
+    kernel against direct quadrature are both below kernels.TABLE_ERROR: a benchmark that fed the table
+    cosines instead of angles would report an error of order one."""
+    import kernels
+
+    row = bench.bench_infinite(p=40, D=20, L=2, check_points=8)
+    assert row["table_error"] < kernels.TABLE_ERROR and row["direct_error"] < kernels.TABLE_ERROR

@@ -101,3 +101,36 @@ def test_data_lists_each_set_as_present_where_its_files_are_and_absent_elsewhere
             assert listed[name].endswith(f"in {datafiles.SYSTEM_ROOT / name}")
         else:
             assert "absent (searched" in listed[name] and f"python run.py download {name}" in listed[name]
+
+
+class Stop(Exception):
+    """Raised by a stand-in findings.Context once it has seen the workers a command asked for."""
+
+
+@pytest.mark.parametrize("argv, expected", [(["crossover"], 3), (["crossover", "--device", "gpu"], 1),
+                                            (["crossover", "--workers", "2"], 2)])
+def test_findings_run_one_worker_per_core_of_the_machine_unless_told_otherwise(argv, expected, monkeypatch):
+    import findings
+    import lazyfeat as lf
+    import run
+
+    seen = []
+
+    def context(results, workers, *rest, **options):
+        seen.append(workers)
+        raise Stop
+
+    monkeypatch.setattr(run, "machine_cores", lambda: 3)
+    monkeypatch.setattr(lf, "backend", lambda device: None)
+    monkeypatch.setattr(findings, "Context", context)
+    with pytest.raises(Stop):
+        run.main(argv)
+    assert seen == [expected]
+
+
+def test_findings_help_names_the_default_workers_as_this_machines_cores():
+    import run
+
+    result = run_cli("crossover", "--help")
+    assert result.returncode == 0 and f"the cores of this machine, {run.machine_cores()} here" in " ".join(
+        result.stdout.split())

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lazyfeat as lf
+import machine
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -16,7 +17,7 @@ SETTINGS = settings(max_examples=25, deadline=None)
 @contextmanager
 def block_size(multiply_adds):
     """Products of at most this many multiply-adds per block (1: one output row of one sample of one member)."""
-    with mock.patch.object(lf, "CPU_BLOCK_MULTIPLY_ADDS", multiply_adds):
+    with mock.patch.object(machine, "CPU_BLOCK_MULTIPLY_ADDS", multiply_adds):
         yield
 
 

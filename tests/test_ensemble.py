@@ -7,6 +7,7 @@ from hypothesis import given, settings, strategies as st
 import experiments
 import kernels
 import lazyfeat as lf
+import machine
 import sweep
 from test_lazyfeat import ACTS, toy_task
 
@@ -260,10 +261,10 @@ def test_across_cores_deals_members_round_robin_and_returns_them_in_order():
         calls.append(list(idx))
         return [f"run {i}" for i in idx]
 
-    assert lf.across_cores(fit, 7, 3) == [f"run {i}" for i in range(7)]
+    assert machine.across_cores(fit, 7, 3) == [f"run {i}" for i in range(7)]
     assert sorted(calls) == [[0, 3, 6], [1, 4], [2, 5]]
     calls.clear()
-    assert lf.across_cores(fit, 2, 1) == ["run 0", "run 1"] and calls == [[0, 1]]
+    assert machine.across_cores(fit, 2, 1) == ["run 0", "run 1"] and calls == [[0, 1]]
 
 
 @pytest.mark.parametrize("method", ["flow", "adam"])
@@ -276,7 +277,7 @@ def test_how_an_ensemble_is_split_across_cores_changes_no_result(method, monkeyp
     alphas = [1e-2, 1e-1, 1.0, 1e2, 1e4]
     runs = {}
     for cores in (1, 3):
-        monkeypatch.setattr(lf, "cpu_threads", lambda xp, cores=cores: cores)
+        monkeypatch.setattr(machine, "cpu_threads", lambda xp, cores=cores: cores)
         runs[cores] = lf.train(net, net.init([0, 1, 2, 3, 4]), x, y, alphas, xt, yt, **options)
     for one, three in zip(runs[1], runs[3]):
         assert (one.status, one.steps_accepted, one.steps_rejected) == (three.status, three.steps_accepted,
@@ -288,7 +289,7 @@ def test_how_an_ensemble_is_split_across_cores_changes_no_result(method, monkeyp
 @settings(max_examples=50, deadline=None)
 @given(st.integers(0, 300), st.integers(1, 64), st.integers(1, 4))
 def test_sample_parts_cover_the_samples_in_balanced_parts_and_those_computed_at_once_hold_at_most_chunk(n, chunk, cores):
-    parts = lf.sample_parts(n, chunk, cores)
+    parts = machine.sample_parts(n, chunk, cores)
     assert [i for part in parts for i in range(n)[part]] == list(range(n))
     sizes = [len(range(n)[part]) for part in parts]
     assert len(parts) >= min(n, cores) and (len(parts) % cores == 0 or len(parts) == n)
@@ -300,20 +301,20 @@ def test_in_parallel_returns_results_in_order_and_runs_each_thread_on_one_blas_t
     threads = []
 
     def fn(i):
-        threads.append(lf.cpu_threads(np))
+        threads.append(machine.cpu_threads(np))
         return i * i
 
-    assert lf.in_parallel(fn, list(range(5)), 2) == [0, 1, 4, 9, 16]
+    assert machine.in_parallel(fn, list(range(5)), 2) == [0, 1, 4, 9, 16]
     assert threads == [1] * 5
 
 
 def test_a_pass_is_split_over_cores_only_when_each_part_keeps_the_split_size_of_cache(monkeypatch):
     net = lf.FC(5, 12, 2)
     params, (x, *_) = net.init(0), toy_task()
-    monkeypatch.setattr(lf, "CPU_SPLIT_BYTES", net.cache_bytes(params, x, 5))
-    assert lf.sample_cores(net, params, x, 10, 2) == 2
-    assert lf.sample_cores(net, params, x, 9, 2) == 1
-    assert lf.sample_cores(net, params, x, 10, 1) == 1
+    monkeypatch.setattr(machine, "CPU_SPLIT_BYTES", net.cache_bytes(params, x, 5))
+    assert machine.sample_cores(net, params, x, 10, 2) == 2
+    assert machine.sample_cores(net, params, x, 9, 2) == 1
+    assert machine.sample_cores(net, params, x, 10, 1) == 1
     assert net.cache_bytes(params, x, 10) == 2 * net.cache_bytes(params, x, 5) > 0
 
 
@@ -324,12 +325,12 @@ def test_splitting_one_networks_samples_over_cores_changes_its_run_only_by_round
     net = lf.CNN(1, 2)
     (x, y), (xt, yt) = images(12, 0), images(6, 1)
     options = dict(method=method, lr=1e-2, batch_size=6, max_steps=40, checkpoints=5)
-    monkeypatch.setattr(lf, "CPU_SPLIT_BYTES", 0)
-    cores_used, in_parallel = [], lf.in_parallel
-    monkeypatch.setattr(lf, "in_parallel", lambda fn, items, cores: cores_used.append(cores) or in_parallel(fn, items, cores))
+    monkeypatch.setattr(machine, "CPU_SPLIT_BYTES", 0)
+    cores_used, in_parallel = [], machine.in_parallel
+    monkeypatch.setattr(machine, "in_parallel", lambda fn, items, cores: cores_used.append(cores) or in_parallel(fn, items, cores))
     runs = {}
     for cores in (1, 2):
-        monkeypatch.setattr(lf, "cpu_threads", lambda xp, cores=cores: cores)
+        monkeypatch.setattr(machine, "cpu_threads", lambda xp, cores=cores: cores)
         cores_used.clear()
         runs[cores] = lf.train(net, net.init(3), x, y, 10.0, xt, yt, **options)
         assert max(cores_used) == cores

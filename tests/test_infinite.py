@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 import datasets
 import kernels
 import lazyfeat as lf
+import machine
 
 SETTINGS = settings(max_examples=20, deadline=None)
 
@@ -42,7 +43,7 @@ def test_quadrature_does_not_depend_on_its_chunks_or_on_how_many_cores_share_the
     reference = kernels.gaussian_expectations("softplus", q1, q12, q2)
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(kernels.PAIRS_PER_CHUNK, "cpu", chunk)
-        patch.setattr(lf, "cpu_threads", lambda xp: cores)
+        patch.setattr(machine, "cpu_threads", lambda xp: cores)
         split = kernels.gaussian_expectations("softplus", q1, q12, q2)
     for a, b in zip(reference, split):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
@@ -72,9 +73,7 @@ def test_quadrature_is_within_its_stated_error_of_a_rule_with_twice_the_nodes(q1
 
 @pytest.mark.parametrize("L, bias", [(1, 0.0), (3, 0.0), (2, 0.1)])
 def test_relu_ntk_equals_the_closed_form_off_and_on_the_sphere(L, bias):
-    """Off the sphere (direct quadrature) to 1e-10; on it (the table) to the table's accuracy, off the
-    diagonal: ReLU's kernel has a square root at cosine 1, so there the rounding of the cosine
-    (1e-16) moves it by about 1e-8, in the closed form as in any method."""
+    """Off the sphere (direct quadrature) and on it (the table), diagonal included, to 1e-10."""
     rng = np.random.default_rng(L)
     x1, x2 = rng.standard_normal((6, 7)), rng.standard_normal((5, 7))
     q = np.sqrt(np.outer(np.sum(x1**2, axis=1), np.sum(x2**2, axis=1))) / 7
@@ -82,10 +81,62 @@ def test_relu_ntk_equals_the_closed_form_off_and_on_the_sphere(L, bias):
                                relu_ntk_closed_form(x1 @ x2.T / 7, q, L, bias), rtol=0, atol=1e-10)
     x = on_sphere(9, 7, L)
     theta = relu_ntk_closed_form(x @ x.T / 7, 1.0, L, bias)
-    off_diagonal = ~np.eye(len(x), dtype=bool)
-    diagonal = L + 1 + L * bias**2  # Theta(x, x) of ReLU on the sphere
-    np.testing.assert_allclose(kernels.ntk_infinite(x, L=L, act="relu", bias=bias)[off_diagonal],
-                               theta[off_diagonal], rtol=0, atol=kernels.TABLE_ERROR * diagonal)
+    np.fill_diagonal(theta, L + 1 + L * bias**2)  # Theta(x, x) of ReLU on the sphere
+    np.testing.assert_allclose(kernels.ntk_infinite(x, L=L, act="relu", bias=bias), theta, rtol=0, atol=1e-10)
+
+
+def relu_ntk_in_angles(t, q1, q2, L, bias):
+    """Theta of the ReLU net from the arc-cosine kernels written in the angle t between the inputs,
+    accurate to rounding near t = 0 and pi too: the angle of the next layer is
+    t' = 2 arcsin(sqrt((1 - rho) / 2)) with 1 - rho = ((pi - t) 2 sin^2(t / 2) + (t - sin t)) / pi,
+    t - sin t summed as a series for small t, and Sigma = sqrt(q1 q2) cos t at every layer (ReLU
+    keeps the variances)."""
+    scale = np.sqrt(q1 * q2)
+    theta = scale * np.cos(t) + bias**2
+    for layer in range(1, L + 1):
+        small = t < 0.1
+        ts = np.where(small, t, 0.0)
+        t_minus_sin = np.where(small, ts**3 / 6 - ts**5 / 120 + ts**7 / 5040 - ts**9 / 362880 + ts**11 / 39916800,
+                               t - np.sin(t))
+        one_minus_rho = ((math.pi - t) * 2 * np.sin(t / 2) ** 2 + t_minus_sin) / math.pi
+        Sigma_dot = (math.pi - t) / math.pi
+        t = 2 * np.arcsin(np.sqrt(one_minus_rho / 2))
+        theta = scale * np.cos(t) + theta * Sigma_dot + (bias**2 if layer < L else 0.0)
+    return theta
+
+
+def near_duplicates_and_opposites(n, D, seed):
+    """n points on the sphere, each followed by a near-duplicate (1 - cos between 1e-14 and 1e-6)
+    and by its opposite, with the angles between all of them computed exactly from the construction."""
+    rng = np.random.default_rng(seed)
+    x = on_sphere(n, D, seed)
+    angles = 10.0 ** rng.uniform(-7, -3, n)  # 1 - cos t = t^2 / 2 in [5e-15, 5e-7]
+    normal = rng.standard_normal((n, D))
+    normal -= np.sum(normal * x, axis=1, keepdims=True) * x / D
+    normal *= np.sqrt(D) / np.linalg.norm(normal, axis=1, keepdims=True)
+    near = np.cos(angles)[:, None] * x + np.sin(angles)[:, None] * normal
+    return np.concatenate([x, near, -x])
+
+
+@pytest.mark.parametrize("L, bias", [(1, 0.0), (3, 0.0), (2, 0.1)])
+@pytest.mark.parametrize("where", ["sphere table", "direct quadrature", "variance table"])
+def test_relu_ntk_equals_the_closed_form_on_the_diagonal_at_near_duplicates_and_at_opposite_points(L, bias, where):
+    """To 1e-10 of the kernel's largest entry, whichever way ntk_infinite reads the kernel: the
+    diagonal (cos t = 1 exactly), near-duplicates (1 - cos t down to 1e-14) and opposite points (t = pi)."""
+    x = near_duplicates_and_opposites(4 if where == "direct quadrature" else 25, 30, L)
+    if where != "sphere table":
+        x = x * np.sqrt(np.random.default_rng(L).uniform(0.5, 1.0, (len(x), 1)))
+    pairs = len(x) ** 2
+    if where != "sphere table":
+        assert (pairs > kernels.table_pairs(kernels.octaves(0.5, 1.0))) == (where == "variance table")
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    chord = np.linalg.norm(unit[:, None] - unit[None], axis=2)
+    opposite = np.linalg.norm(unit[:, None] + unit[None], axis=2)
+    t = np.where(chord < opposite, 2 * np.arcsin(np.minimum(chord / 2, 1)), math.pi - 2 * np.arcsin(np.minimum(opposite / 2, 1)))
+    q = np.sum(x**2, axis=1) / 30
+    reference = relu_ntk_in_angles(t, q[:, None], q[None, :], L, bias)
+    theta = kernels.ntk_infinite(x, L=L, act="relu", bias=bias)
+    np.testing.assert_allclose(theta, reference, rtol=0, atol=1e-10 * np.abs(reference).max())
 
 
 @pytest.mark.parametrize("act, L, bias", [("softplus", 3, 0.0), ("relu", 3, 0.0), ("tanh", 5, 0.1),
@@ -171,14 +222,10 @@ def test_bad_input_is_a_clear_error(kwargs, message):
         kernels.ntk_infinite(arguments.pop("x1"), arguments.pop("x2"), **arguments)
 
 
-def test_inputs_on_the_gpu_stay_there_and_give_the_cpu_kernel():
-    cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            pytest.skip("no CUDA device")
-    except cupy.cuda.runtime.CUDARuntimeError:
-        pytest.skip("no CUDA device")
-    for x in (on_sphere(12, 5, 0), np.random.default_rng(0).standard_normal((7, 5))):  # table, then direct
+def test_inputs_on_the_gpu_stay_there_and_give_the_cpu_kernel(cupy):
+    """On the table, by direct quadrature, and with near-duplicate and opposite points (input_angles)."""
+    for x in (on_sphere(12, 5, 0), np.random.default_rng(0).standard_normal((7, 5)),
+              near_duplicates_and_opposites(3, 5, 0) * 1.3):
         gpu = kernels.ntk_infinite(cupy.asarray(x), L=2, bias=0.1)
         assert isinstance(gpu, cupy.ndarray)
         np.testing.assert_allclose(cupy.asnumpy(gpu), kernels.ntk_infinite(x, L=2, bias=0.1), rtol=0, atol=1e-12)

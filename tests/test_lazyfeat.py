@@ -358,22 +358,101 @@ def test_the_data_span_serves_only_the_flow_of_an_fc_net_with_fewer_samples_than
     assert all(np.array_equal(u, v) for u, v in zip(adam[0].params, adam[1].params))
 
 
-def test_threads_that_ask_for_the_basis_of_one_data_set_at_once_share_one_svd(monkeypatch):
-    """DataSpan.basis computes each data set's SVD once even when several threads of a process ask for it at
-    the same moment (a slow SVD holds them all inside the check), and keeps at most the last 4 bases."""
-    calls, svd = [], np.linalg.svd
+def wait_until(condition, timeout=10.0):
+    """Poll condition() until it holds; fail the test after `timeout` seconds (a deadlock)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out: the cache made a request wait for nothing"
+        time.sleep(0.001)
+
+
+def test_requests_for_a_basis_being_computed_wait_for_it_and_share_its_one_computation():
+    cache, release, calls = lf.BasisCache(size=4), threading.Event(), []
+
+    def compute():
+        calls.append(1)
+        assert release.wait(10.0)
+        return "basis"
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(cache.get, "x", compute) for _ in range(8)]
+        wait_until(lambda: "x" in cache.entries and cache.entries["x"]["users"] == 8)
+        release.set()
+        assert [f.result(timeout=10.0) for f in futures] == ["basis"] * 8
+    assert len(calls) == 1
+
+
+def test_a_basis_in_use_is_never_evicted_and_the_cache_shrinks_back_to_its_size():
+    """While one request for "a" is being computed, five other data sets pass through a cache of 2: a
+    second request for "a" must still share the first one's computation."""
+    cache, release, calls = lf.BasisCache(size=2), threading.Event(), []
+
+    def compute(key, block=False):
+        def run():
+            calls.append(key)
+            if block:
+                assert release.wait(10.0)
+            return key.upper()
+        return run
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(cache.get, "a", compute("a", block=True))
+        wait_until(lambda: calls == ["a"])
+        assert [cache.get(key, compute(key)) for key in "bcdef"] == list("BCDEF")
+        second = pool.submit(cache.get, "a", compute("a"))
+        wait_until(lambda: cache.entries["a"]["users"] == 2)
+        release.set()
+        assert first.result(timeout=10.0) == second.result(timeout=10.0) == "A"
+    assert calls == list("abcdef") and len(cache.entries) == 2
+
+
+def test_a_failed_computation_reaches_every_waiting_request_and_is_not_kept():
+    cache, release = lf.BasisCache(), threading.Event()
+
+    def fail():
+        assert release.wait(10.0)
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(cache.get, "x", fail) for _ in range(3)]
+        wait_until(lambda: "x" in cache.entries and cache.entries["x"]["users"] == 3)
+        release.set()
+        for future in futures:
+            with pytest.raises(np.linalg.LinAlgError):
+                future.result(timeout=10.0)
+    assert "x" not in cache.entries and cache.get("x", lambda: "retried") == "retried"
+
+
+@pytest.mark.parametrize("trial", range(25))
+def test_under_random_schedules_each_data_set_that_fits_in_the_cache_is_decomposed_once(trial, monkeypatch):
+    """Up to 4 data sets, each asked for 1-6 times in a random order by 8 threads that sleep at random
+    before asking and inside the SVD: whatever the schedule, one SVD per data set, each basis right."""
+    rng = np.random.default_rng(trial)
+    calls, calls_lock, svd = [], threading.Lock(), np.linalg.svd
+    svd_sleeps = iter(rng.uniform(0, 0.004, 100))
 
     def slow_svd(a, **kwargs):
-        calls.append(threading.get_ident())
-        time.sleep(0.05)
+        with calls_lock:
+            calls.append(a.tobytes())
+            pause = next(svd_sleeps)
+        time.sleep(pause)
         return svd(a, **kwargs)
 
     monkeypatch.setattr(np.linalg, "svd", slow_svd)
-    monkeypatch.setattr(lf.DataSpan, "bases", {})
-    data = [np.random.default_rng(seed).standard_normal((3, 5)) for seed in range(6)]
-    requests = [x for x in data for _ in range(4)]
+    monkeypatch.setattr(lf.DataSpan, "bases", lf.BasisCache(size=4))
+    data = [np.random.default_rng(1000 * trial + k).standard_normal((3, 5)) for k in range(rng.integers(1, 5))]
+    requests = [x for x in data for _ in range(rng.integers(1, 7))]
+    order = rng.permutation(len(requests))
+    sleeps = rng.uniform(0, 0.004, len(requests))
+
+    def ask(i):
+        time.sleep(sleeps[i])
+        return lf.DataSpan.basis(requests[i])
+
     with ThreadPoolExecutor(8) as pool:
-        bases = list(pool.map(lf.DataSpan.basis, requests))
-    assert len(calls) == len(data) and len(lf.DataSpan.bases) == 4
-    for x, (Q, r) in zip(requests, bases):
+        bases = dict(zip(order, pool.map(ask, order)))
+    assert sorted(calls) == sorted(x.tobytes() for x in data)
+    for i, x in enumerate(requests):
+        Q, r = bases[i]
         assert r == 3 and np.allclose(Q @ Q.T, np.eye(5)) and np.allclose(x @ Q[:, r:], 0.0)
+    assert len(lf.DataSpan.bases.entries) == len(data)

@@ -1,5 +1,6 @@
 """The measurements of findings.py on inputs whose answer is known in closed form or by construction."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +8,9 @@ from hypothesis import given, settings, strategies as st
 
 import experiments
 import findings
+import kernels
+import lazyfeat as lf
 import planted
-import verdicts as V
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -31,34 +33,62 @@ def test_first_time_below_is_the_half_time_of_an_exponential_decay(log_half_time
     0.2 % (taking either neighbour would be 4 % off)."""
     half_time = 10.0**log_half_time
     records = decay_records(half_time)
-    assert findings.first_time_below(records) == pytest.approx(half_time, rel=2e-3)
-    assert findings.first_time_below(records, fraction=0.25) == pytest.approx(2 * half_time, rel=2e-3)
+    assert experiments.first_time_below(records) == pytest.approx(half_time, rel=2e-3)
+    assert experiments.first_time_below(records, fraction=0.25) == pytest.approx(2 * half_time, rel=2e-3)
 
 
 def test_first_time_below_is_exact_on_a_power_law_segment():
     """Between t = 1 and t = 4 the loss is 0.8 / t, a straight line in log-log: it is 1/2 of 1 at t = 1.6."""
     records = [{"t": 0.0, "loss": 1.0}, {"t": 1.0, "loss": 0.8}, {"t": 4.0, "loss": 0.2}]
-    assert findings.first_time_below(records) == pytest.approx(1.6, rel=1e-12)
+    assert experiments.first_time_below(records) == pytest.approx(1.6, rel=1e-12)
 
 
 def test_first_time_below_takes_the_first_record_after_t0_and_nan_if_never_below():
-    assert findings.first_time_below([{"t": 0.0, "loss": 1.0}, {"t": 0.5, "loss": 0.3}]) == 0.5
-    assert math.isnan(findings.first_time_below([{"t": 0.0, "loss": 1.0}, {"t": 9.0, "loss": 0.6}]))
+    assert experiments.first_time_below([{"t": 0.0, "loss": 1.0}, {"t": 0.5, "loss": 0.3}]) == 0.5
+    assert math.isnan(experiments.first_time_below([{"t": 0.0, "loss": 1.0}, {"t": 9.0, "loss": 0.6}]))
 
 
 @SETTINGS
-@given(st.floats(0.2, 3.0), st.floats(-2, 2))
-def test_early_growth_slope_is_k_for_F_growing_like_t_to_the_k(k, log_t1):
-    """|F(t) - F(0)| = 3 t^k up to t1/10 and constant after: the slope is k, later records ignored."""
-    t1 = 10.0**log_t1
-    ts = [0.0, *(t1 * np.logspace(-6, 1, 36))]
-    records = [{"t": t, "F_rms": 3 * min(t, t1 / 10) ** k} for t in ts]
-    assert findings.early_growth_slope(records, t1) == pytest.approx(k, rel=1e-9)
+@given(st.floats(0.3, 2.0), st.floats(-1.0, 1.5), st.floats(-3, 3))
+def test_t1_exponents_recover_a_planted_power_law_in_alpha_and_h(a, b, log_c):
+    """t1 = c alpha^a h^b on a grid of alpha sqrt(h) and h: the fit gives a and b separately, and every local
+    exponent is a and b too (no lack of fit)."""
+    hs, alphas = [20, 60, 180], [1e-2, 1e-1]
+    t1 = {(h, s): 10**log_c * (s / math.sqrt(h)) ** a * h**b for h in hs for s in alphas}
+    assert findings.t1_exponents(t1, list(t1)) == pytest.approx((a, b), abs=1e-9)
+    in_alpha, in_h = findings.local_t1_exponents(t1, hs, alphas)
+    np.testing.assert_allclose(in_alpha, a, atol=1e-9)
+    np.testing.assert_allclose(in_h, b, atol=1e-9)
 
 
-def test_early_growth_slope_needs_three_early_points():
-    records = [{"t": t, "F_rms": t} for t in (0.0, 0.01, 0.02, 5.0)]
-    assert math.isnan(findings.early_growth_slope(records, 1.0))
+def test_t1_in_alpha_alone_has_no_width_exponent():
+    """The world of issue 18: t1 ~ alpha, not sqrt(h) alpha. The product alpha sqrt(h) alone cannot tell
+    them apart on one width; the fit in alpha and h gives b = 0."""
+    t1 = {(h, s): 2.5 * s / math.sqrt(h) for h in (20, 60, 180) for s in (1e-2, 1e-1)}
+    assert findings.t1_exponents(t1, list(t1)) == pytest.approx((1.0, 0.0), abs=1e-9)
+
+
+def test_widened_interval_contains_the_local_values_and_keeps_the_estimate():
+    assert findings.widened((1.0, (0.9, 1.1)), np.array([0.7, 1.05])) == (1.0, (0.7, 1.1))
+    assert findings.widened((1.0, (0.9, 1.1)), np.array([1.0])) == (1.0, (0.9, 1.1))
+
+
+def test_growth_curves_collapse_against_t_over_t1_exactly_when_f_grows_with_t_over_t1():
+    """|f - f0| / sqrt(h) = 0.01 t / t1 with t1 = 2.5 alpha sqrt(h): one curve against t / t1 (ratio 0);
+    the same curves as functions of t alone (t1 fixed at 1 for all) collapse against t, not t / t1."""
+    def run(alpha_sqrt_h, h, t1, depends_on_t1):
+        alpha = alpha_sqrt_h / math.sqrt(h)
+        ts = np.logspace(-4, 2, 40) * t1
+        scale = t1 if depends_on_t1 else 1.0
+        return {"alpha": alpha, "records": [{"t": 0.0, "F_rms": 0.0}] + [
+            {"t": t, "F_rms": 0.01 * alpha * math.sqrt(h) * t / scale} for t in ts]}
+
+    keys = [(h, a) for h in (20, 180) for a in (1e-2, 1e-1)]
+    t1 = {(h, a): np.array([2.5 * a]) for h, a in keys}
+    collapsing = {key: [run(key[1], key[0], t1[key][0], True)] for key in keys}
+    assert findings.growth_collapse(collapsing, t1, [keys], 0) == pytest.approx(0.0, abs=1e-12)
+    in_t = {key: [run(key[1], key[0], t1[key][0], False)] for key in keys}
+    assert findings.growth_collapse(in_t, t1, [keys], 0) > 10
 
 
 # ---------------------------------------------------------------------------
@@ -179,15 +209,38 @@ def test_shortage_names_what_is_missing():
     assert findings.shortage([], 1, "alpha sqrt(h) <= 0.1") == "no alpha sqrt(h) <= 0.1 in this sweep"
 
 
-def test_claim_is_the_verdict_of_the_estimate_or_undecided_when_lacking():
-    values = np.array([1.0, 1.1, 0.9, 1.05])
-    statistic = lambda idx: values[idx].mean()  # noqa: E731
-    made = findings.claim(V.near, "q", statistic, 4, 1.0, 0.2, paper="1")
-    assert made == V.near("q", *V.estimate(statistic, 4), 1.0, 0.2, paper="1")
-    assert made.holds is True
-    lacking = findings.claim(V.near, "q", lambda idx: 1 / 0, 4, 1.0, 0.2, paper="1", lacking="no x in this sweep")
-    assert (lacking.holds, lacking.note, lacking.paper) == (None, "no x in this sweep", "1")
-    assert math.isnan(lacking.measured)
+def test_a_claim_holds_only_when_its_whole_interval_lies_in_its_registered_band():
+    band = findings.CLAIMS["alpha* exponent"].band  # (-0.6, -0.4)
+    sizes = {"dataset": "sphere", "p": 20}
+    decide = lambda interval: findings.decide("alpha* exponent", "q", lambda: (sum(interval) / 2, interval), 5,
+                                              sizes)  # noqa: E731
+    assert decide((band[0] + 0.01, band[1] - 0.01)).holds is True
+    assert decide((band[1] + 0.01, band[1] + 0.2)).holds is False
+    straddling = decide((band[0] - 0.05, band[0] + 0.05))
+    assert straddling.holds is None and "straddles the band edge -0.6" in straddling.note
+    assert findings.decide("alpha* exponent", "q", lambda: (-0.5, (-0.55, -0.45)), 4, sizes).holds is None
+
+
+def test_a_lacking_sweep_leaves_the_claim_undecided_without_measuring():
+    def measure():
+        raise AssertionError("a claim the sweep lacks must not be measured")
+
+    lacking = findings.decide("alpha* exponent", "q", measure, 5, {}, "no x in this sweep")
+    assert (lacking.holds, lacking.note) == (None, "no x in this sweep") and math.isnan(lacking.measured)
+
+
+@pytest.mark.parametrize("dataset, p, decided", [("fashion", 10_000, True), ("fashion-mnist", 10_000, True),
+                                                 ("fashion", 300, False), ("mnist", 10_000, False)])
+def test_a_claim_of_the_papers_data_and_p_is_decided_only_there(dataset, p, decided):
+    claim = findings.decide("alpha* sqrt(h)", "q", lambda: (50.0, (40.0, 60.0)), 5, {"dataset": dataset, "p": p})
+    assert claim.holds is (True if decided else None) and claim.measured == 50.0
+    assert ("compared, not decided: the paper's value is for fashion-mnist at p = 10000" in claim.note) != decided
+
+
+def test_every_registered_claim_names_its_finding_a_band_and_a_source():
+    for key, spec in findings.CLAIMS.items():
+        assert spec.finding in findings.FINDINGS and spec.source and spec.statement, key
+        assert spec.band[0] < spec.band[1], key
 
 
 def test_planted_labels_follow_the_run_config():
@@ -202,3 +255,49 @@ def test_the_fc_net_flattens_images_even_without_test_points():
     config = experiments.full_config({"dataset": "sphere", "d": [1, 6, 6], "p": 5, "p_test": 0})
     x, y, x_test, y_test = experiments.load_data(config)
     assert x.shape == (5, 36) and x_test.shape == (0, 36) and len(y_test) == 0
+
+
+def linear_gap_case(seed=0):
+    """A LinearGap of a small FC net on random inputs, and the checkpoint times of a run to t = 30."""
+    rng = np.random.default_rng(seed)
+    x, x_kernel = rng.standard_normal((8, 5)), rng.standard_normal((4, 5))
+    y = np.where(rng.standard_normal(8) > 0, 1.0, -1.0)
+    net = lf.FC(5, 16, 2)
+    gap = experiments.LinearGap(net, net.init(seed), x, y, x_kernel, 1.0, "softhinge")
+    records = [{"t": t, "loss": math.exp(-t / 3)} for t in np.concatenate([[0.0], np.logspace(-3, np.log10(30), 200)])]
+    return gap, records
+
+
+def test_the_linear_flow_is_the_frozen_initial_kernel_flow_of_kernels_flow():
+    gap, _ = linear_gap_case()
+    theta, theta_kernel = gap.theta, gap.theta_kernel
+    reference = kernels.flow(theta, gap.y, 1.0, theta_kernel, np.ones(len(theta_kernel)), max_time=2.0,
+                             max_dout=1e-4, max_dgrad=1e-8)
+    np.testing.assert_allclose(gap.linear_flow(np.array([2.0]))[0], reference.F_test, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("factor, expected", [(1.0, 0.0), (2.0, 0.5), (-1.0, 2.0)])
+def test_the_linear_gap_is_the_relative_distance_to_the_linear_flow_at_t1_over_10_t1_and_10_t1(factor, expected):
+    """A 'network' whose F is factor x F_lin at every checkpoint: |F - F_lin| / |F| = |1 - 1/factor| at t1/10,
+    t1 and 10 t1 (t1 = 3 ln 2 from the records' loss exp(-t / 3)), up to reading F linearly in log t between
+    checkpoints 44 per decade apart (1e-3); nan past the last checkpoint."""
+    gap, records = linear_gap_case()
+    times = np.array([r["t"] for r in records[1:]])
+    for t, F in zip(times, gap.linear_flow(times)):
+        gap.kept.append((t, factor * F))
+    measured = gap.at_t1(records)
+    assert measured["t1"] == pytest.approx(3 * math.log(2), rel=1e-3)
+    np.testing.assert_allclose(measured["gaps"], expected, atol=1e-3)
+    gap.kept = [(t, F) for t, F in gap.kept if t < 10]
+    assert math.isnan(gap.at_t1(records)["gaps"][2])
+
+
+def test_paper_md_lists_every_registered_claim_with_its_statement_and_source():
+    text = (Path(__file__).resolve().parent.parent / "PAPER.md").read_text()
+    section = text[text.index("## 8. The claims"):]
+    rows = {line.split(" | ")[0][2:]: line for line in section.splitlines() if line.startswith("| ")}
+    assert set(rows) - {"claim"} == set(findings.CLAIMS)
+    for key, spec in findings.CLAIMS.items():
+        row = rows[key]
+        assert f"| {spec.finding} |" in row and spec.statement.replace("|", "\\|") in row, key
+        assert spec.source.replace("|", "\\|") in row, key
