@@ -54,7 +54,7 @@ SCALES = {
                          "ensemble_comparison": {"dataset": "fashion", "d": None, "p": 1000, "p_test": 2000, "L": 3,
                                                  "h": [20], "seeds": 10, "kernel_points": 0}},
         "timescale": {**QUICK_GRID},
-        "kernels": {**QUICK_GRID, "h": [60], "alpha_sqrt_h": [1e-2, 1e0, 1e2, 1e4], "seeds": 5},
+        "kernels": {**QUICK_GRID, "h": [60], "alpha_sqrt_h": [1e-2, 1e0, 1e2, 1e4], "seeds": 10},
     },
     "paper": {
         "crossover": {**PAPER_GRID, "bisect_steps": 5, "c": 1.0},

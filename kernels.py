@@ -356,10 +356,13 @@ def next_angles(act, q1, angle, q2, E, E1, E2):
         return out
     q1, angle, q2, E1, E2 = (xp.broadcast_to(a, out.shape) for a in (q1, angle, q2, E1, E2))
     a, b, sign = xp.sqrt(E1[near]), xp.sqrt(E2[near]), xp.sign(rho[near])
-    chord2 = polar_quadrature(act, q1[near], angle[near], q2[near],
-                              lambda su, du, sv, dv, part: ((su / a[part, None, None]
-                                                             - sign[part, None, None] * sv / b[part, None, None]) ** 2,),
-                              1)[0]
+
+    def chord(su, du, sv, dv, part):
+        """(sigma(u) / sqrt(E1) -+ sigma(v) / sqrt(E2))^2 at the nodes of the pairs `part`."""
+        a_, b_, s_ = (c[part, None, None] for c in (a, b, sign))
+        return ((su / a_ - s_ * sv / b_) ** 2,)
+
+    chord2 = polar_quadrature(act, q1[near], angle[near], q2[near], chord, 1)[0]
     t = 2 * xp.arcsin(xp.minimum(xp.sqrt(chord2) / 2, 1.0))
     out[near] = xp.where(sign > 0, t, math.pi - t)
     return out
@@ -435,7 +438,8 @@ def angle_pieces(values):
 
 
 def interpolate(pieces, angle):
-    """The piecewise cubics `pieces` (4, n) in the angle on [0, pi], or one per row of angle (rows, 4, n), at `angle`."""
+    """The piecewise cubics `pieces` (4, n) in the angle on [0, pi], or one per row of angle (rows, 4, n),
+    at `angle`."""
     xp = lf.array_module(angle)
     n = pieces.shape[-1]
     position = angle * (n / math.pi)

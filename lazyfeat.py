@@ -1522,8 +1522,8 @@ def runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, li
     with one method at a time: rkc as soon as one of them is stiff ("auto": h rho > 2, against rk23's
     stability limit 2.5, and back below h rho = 1), with the stages the stiffest one needs. rho is
     estimated by power iteration every 10 trials and after a stiff member's rejection, and raised by what
-    every rk23 trial's last stages see (`Trial`); an rk23 trial with h rho > 2 is rejected. A member that fits inside a step stops at the time its smallest margin
-    reaches 1 (`fit_fraction`); records are taken `checkpoints` per decade of t (`TimeRecorder`). Stop rules and
+    every rk23 trial's last stages see (`Trial`); an rk23 trial with h rho > 2 is rejected. A member that
+    fits inside a step stops at the time its smallest margin reaches 1 (`fit_fraction`); records are taken `checkpoints` per decade of t (`TimeRecorder`). Stop rules and
     the Runs are those of `gradient_flow`, with run.evaluations counting every evaluation of the system:
     stages, rejected trials, spectral estimates and the fit's forward passes.
     """

@@ -363,3 +363,15 @@ def test_finding_3_measures_its_ends_on_end_seeds_and_the_rest_on_seeds():
     assert any("8 seeds" in c.note for c in outcome.claims)
     two = run_planted("fluctuations", **{**sizes, "end_seeds": 2})
     assert all(c.holds is None and c.note.startswith(("too few seeds", "not measurable")) for c in two.claims)
+
+
+@pytest.mark.parametrize("integrator, alone", [("paper", False), ("rk23", False), ("rkc", True), ("auto", True)])
+def test_sweeps_train_configs_one_at_a_time_where_ensemble_members_would_share_their_trials(integrator, alone):
+    """With rkc and auto, a member's run depends on the other members of its ensemble (found by the
+    resume test: a resumed sweep grouped them differently and stored other numbers), so a sweep may not
+    group them."""
+    import experiments
+
+    group = experiments.ensembles(max_members=8, max_memory=2**30)
+    config = {"dataset": "sphere", "d": 5, "p": 10, "p_test": 10, "h": 8, "integrator": integrator}
+    assert (group.capacity(config) == 1) == alone
