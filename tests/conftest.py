@@ -1,9 +1,16 @@
-"""Fixtures shared by the test files: the GPU backend, real or the strict CuPy stand-in."""
+"""Fixtures shared by the test files: the GPU backend, real or the strict CuPy stand-in; and Hypothesis
+drawing the same examples on every run, so that a failure in CI is one anyone can reproduce (search wider
+with `python -m pytest --hypothesis-profile=search`)."""
 import sys
 
 import pytest
+from hypothesis import settings
 
 import cupy_standin
+
+settings.register_profile("reproducible", derandomize=True)
+settings.register_profile("search", derandomize=False)
+settings.load_profile("reproducible")
 
 
 def device_cupy():

@@ -322,8 +322,9 @@ def span_task(draw):
 @given(span_task(), st.lists(st.floats(-2, 2), min_size=1, max_size=3), st.sampled_from([0.0, 0.3]))
 def test_flow_in_the_span_of_the_data_is_the_same_run(task, log_alphas, tau):
     """The rotated run trains r = rank x input columns, and ends as the plain run does: same status and
-    accepted steps (a step decision may flip on rounding: within 1 %), the same F_test, the same final
-    weights in the input's own coordinates, and callbacks that see those coordinates."""
+    accepted steps (a step decision may flip on rounding: within 1 %) and, where the steps are the same,
+    the same F_test, the same final weights in the input's own coordinates, and callbacks that see those
+    coordinates at the same checkpoints."""
     net, x, y, x_test, y_test, rank = task
     S = len(log_alphas)
     params0, alphas = net.init(list(range(S))), [10.0**a for a in log_alphas]
@@ -343,9 +344,10 @@ def test_flow_in_the_span_of_the_data_is_the_same_run(task, log_alphas, tau):
             np.testing.assert_allclose(b.F_test, a.F_test, atol=1e-8 * max(1.0, np.abs(a.F_test).max()))
             for u, v in zip(a.params, b.params):
                 np.testing.assert_allclose(v, u, atol=1e-8 * max(1.0, np.abs(u).max()))
-    assert len(plain_seen) == len(rotated_seen)
-    for u, v in zip(plain_seen, rotated_seen):
-        np.testing.assert_allclose(v, u, atol=1e-8 * max(1.0, np.abs(u).max()))
+    if all(a.steps_accepted == b.steps_accepted for a, b in zip(plain, rotated)):  # else the checkpoints differ too
+        assert len(plain_seen) == len(rotated_seen)
+        for u, v in zip(plain_seen, rotated_seen):
+            np.testing.assert_allclose(v, u, atol=1e-8 * max(1.0, np.abs(u).max()))
 
 
 def test_the_data_span_serves_only_the_flow_of_an_fc_net_with_fewer_samples_than_features():
