@@ -198,7 +198,7 @@ def bench_ensemble(h, steps=100, repeat=3, device="cpu", dtype="float64"):
     return row
 
 
-AUTHORS_CNN_MS = (390, 397)  # the authors' PyTorch code, h=16 p=500 float64, measured beside this project (issue 8)
+AUTHORS_CNN_MS = (390, 397)  # the authors' PyTorch code, h=16 p=500 float64, measured beside this code (BENCHMARKS.md)
 
 
 def bench_cnn_steps(steps=20, repeat=3, device="cpu", dtype="float64"):
@@ -382,7 +382,7 @@ def input_dimension(config):
 @functools.cache
 def member_steps_per_s(device="cpu"):
     """Member-steps per second of an ensemble of CALIBRATION_MEMBERS FC nets of CALIBRATION's size on this
-    device, over its few steps: the speed that projected_sweep scales (once per process, about a second)."""
+    device, over its few steps: the speed that projected_sweep scales (measured once per process)."""
     configs = [{**CALIBRATION, "alpha_sqrt_h": 1e4, "seed": seed, "device": device}
                for seed in range(CALIBRATION_MEMBERS)]
     experiments.load_data(experiments.full_config(configs[0]))

@@ -249,20 +249,11 @@ CORE_CACHE_BYTES = 2 << 20
 LIVE_ACTIVATIONS = 4
 
 
-# The integrators whose ensemble members share each trial's method and number of stages
-# (lazyfeat.runge_kutta_flow): a member's run then depends on the other members, so a sweep, whose
-# result must be a function of the config alone, trains their configs one at a time.
-SHARED_TRIALS = ("rkc", "auto")
-
-
 def ensembles(max_members, max_memory, cores=None):
     """How a sweep groups configs into ensembles: by `ensemble_key`, at most max_members networks and
     max_memory bytes in one ensemble; with `cores` (CPU), also at most as many members per core as
-    keep LIVE_ACTIVATIONS of their activations in CORE_CACHE_BYTES (at least one); one with an
-    integrator of SHARED_TRIALS."""
+    keep LIVE_ACTIVATIONS of their activations in CORE_CACHE_BYTES (at least one)."""
     def capacity(config):
-        if full_config(config)["integrator"] in SHARED_TRIALS:
-            return 1
         members = min(max_members, int(max_memory // member_bytes(config)))
         if cores:
             per_core = CORE_CACHE_BYTES // (LIVE_ACTIVATIONS * member_bytes(config, "activation"))

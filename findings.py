@@ -125,6 +125,10 @@ def _keys(sizes):
 # worker computes on (lazyfeat.train splits an ensemble into one block of members per core), and
 # fewer for wide networks (experiments.ensembles keeps a few activations per member in the cache).
 ENSEMBLE_MEMBERS = {"cpu": 8, "gpu": 64}
+# The findings' step rule: "auto" (lazyfeat.runge_kutta_flow) follows the same flow as the paper's rule in
+# about a third of its gradient evaluations (`python run.py bench --suite integrators`); `--integrator
+# paper` gives the paper's own rule.
+INTEGRATOR = "auto"
 
 
 def worker_cores(workers):
@@ -146,8 +150,9 @@ class Context:
 
     Runs of `experiments.fit` that differ only in seed and alpha sqrt(h) are trained
     together as ensembles of at most max_members networks (None: `default_members`)
-    and max_memory bytes (None: half the free memory);
+    and max_memory bytes (None: `ensemble_memory`);
     max_members = 1 trains one network at a time.
+    integrator: the step rule of every gradient flow of the findings (lazyfeat.gradient_flow).
     """
 
     results_dir: str = "results"
@@ -158,15 +163,22 @@ class Context:
     tally: collections.Counter = field(default_factory=collections.Counter)
     max_members: int = None
     max_memory: float = None
+    integrator: str = INTEGRATOR
 
     def ensembles(self):
         """How this context groups runs of `experiments.fit` into ensembles (a sweep.Group), or None."""
         members = self.max_members or default_members(self.device, self.workers)
         if members == 1:
             return None
-        memory = self.max_memory or lf.available_memory(lf.backend(self.device)) / 2
+        memory = self.max_memory or self.ensemble_memory()
         cores = worker_cores(self.workers) if self.device == "cpu" and not self.max_members else None
         return experiments.ensembles(members, memory, cores)
+
+    def ensemble_memory(self):
+        """The bytes each ensemble may use by default: half the free memory of the device, split evenly
+        between the workers, which share it (the host's memory, or the one GPU that CuPy gives every
+        process); the other half is left for what the bytes per member leave out."""
+        return lf.available_memory(lf.backend(self.device)) / 2 / self.workers
 
     def sweep(self, configs, desc, fn=experiments.fit):
         group = self.ensembles() if fn is experiments.fit else None
@@ -209,7 +221,8 @@ def run_config(ctx, sizes, h, alpha_sqrt_h, seed, **extra):
     """The experiments config of one run of a finding (the same sizes give the same config)."""
     config = {key: sizes[key] for key in RUN_KEYS if sizes.get(key) is not None}
     config.update(h=h, alpha_sqrt_h=alpha_sqrt_h, seed=seed, store_F_test=True, checkpoints=20,
-                  linear_gap=bool(config.get("kernel_points")), max_steps=MAX_STEPS, device=ctx.device, **extra)
+                  linear_gap=bool(config.get("kernel_points")), max_steps=MAX_STEPS, device=ctx.device,
+                  integrator=ctx.integrator, **extra)
     return config
 
 
@@ -424,7 +437,7 @@ def infinite_width(ctx, sizes, desc):
     """The result of the h = infinity predictor on a finding's data and depth (experiments.fit_infinite:
     the frozen-kernel flow with the infinite-width NTK), stored like a run."""
     config = {key: sizes[key] for key in RUN_KEYS if key != "kernel_points" and sizes.get(key) is not None}
-    config.update(store_F_test=True, checkpoints=20, max_steps=MAX_STEPS, device=ctx.device)
+    config.update(store_F_test=True, checkpoints=20, max_steps=MAX_STEPS, device=ctx.device, integrator=ctx.integrator)
     return ctx.sweep([config], desc, fn=experiments.fit_infinite)[0]
 
 

@@ -712,7 +712,7 @@ def nbytes(value):
 def available_memory(xp):
     """The bytes free for arrays: CuPy's free device memory, or the host's MemAvailable (Linux)."""
     if xp is not np:
-        return xp.cuda.runtime.memGetInfo()[0] + xp.get_default_memory_pool().free_bytes()
+        return machine.free_gpu_memory(xp)
     try:
         with open("/proc/meminfo") as file:
             fields = dict(line.split(":", 1) for line in file)
@@ -1053,10 +1053,15 @@ class Limits:
         return None
 
 
-def output_status(point):
-    """Per member: "diverged" if its output is non-finite, "fitted" if every margin y F >= 1, else None."""
+def output_extremes(point):
+    """Per member, on the device: the smallest margin y F and the largest |F|."""
     xp = array_module(point.F)
-    min_margin, F_max = to_host(xp.min(point.margins, axis=1), xp.max(xp.abs(point.F), axis=1))
+    return xp.min(point.margins, axis=1), xp.max(xp.abs(point.F), axis=1)
+
+
+def status_of(min_margin, F_max):
+    """Per member, from its `output_extremes` on the host: "diverged" if its output is non-finite, "fitted" if
+    every margin y F >= 1, else None."""
     return ["diverged" if not math.isfinite(f) else "fitted" if m >= 1 else None for m, f in zip(min_margin, F_max)]
 
 
@@ -1111,6 +1116,26 @@ def choose(mask, new, old):
     return [xp.where(per_member(mask, o), n, o) for n, o in zip(new, old)]
 
 
+@dataclass
+class Checkpoints:
+    """Checkpoints taken and not yet observed (`Ensemble.record`): the members' ids, their records (the host
+    fields so far), and their state and point on the device, at the rows `rows` of these arrays (None: all)."""
+
+    ids: np.ndarray
+    records: list
+    state: list
+    point: Point
+    rows: list = None
+
+    def arrays(self):
+        """[*state, F, margins, loss], one row per checkpoint."""
+        arrays = [*self.state, self.point.F, self.point.margins, self.point.loss]
+        if self.rows is None:
+            return arrays
+        idx = array_module(arrays[0]).asarray(self.rows, dtype=np.int64)
+        return [a[idx] for a in arrays]
+
+
 class Ensemble:
     """The members of a run that are still going, and what each member leaves behind.
 
@@ -1119,6 +1144,14 @@ class Ensemble:
     is dropped from all of them and costs nothing from then on. Each running
     member has its own clock on the host (t, dt, accepted and rejected steps),
     its own records and, once stopped, its own Run.
+
+    Checkpoints are observed together: a member's checkpoint waits on the device
+    (`record`) until a waiting member is due again, the last member stops, or a
+    step rule asks (`flush`); then one pass observes them all and one transfer
+    brings them to the host. Members drift apart through their rejected steps, yet
+    the checkpoints of an ensemble of any size cost at most about one transfer per
+    checkpoint of one member's schedule, and every record, callback and Run is that
+    of an immediate observation (the callbacks run later, in each member's order).
     """
 
     def __init__(self, system, state, point, limits, checkpoints, callback, carried=(), integrator="paper",
@@ -1129,10 +1162,11 @@ class Ensemble:
         self.ids = np.arange(S)
         self.t, self.dt, self.rho = np.zeros(S), np.zeros(S), np.zeros(S)
         self.steps, self.rejected, self.streak = (np.zeros(S, dtype=int) for _ in range(3))
-        self.evaluations, self.stiff = np.ones(S, dtype=int), np.zeros(S, dtype=bool)
+        self.evaluations, self.stiff, self.since = np.ones(S, dtype=int), np.zeros(S, dtype=bool), np.zeros(S, dtype=int)
         self.recorders = [TimeRecorder(checkpoints) if in_t else Recorder(checkpoints) for _ in range(S)]
         self.callbacks = one_per_member(callback, S, "callback")
         self.runs = [None] * S
+        self.everyone, self.pending = system, []  # the system of all S members observes the pending checkpoints
 
     def __len__(self):
         return len(self.ids)
@@ -1144,37 +1178,95 @@ class Ensemble:
         idx = array_module(self.state[0]).asarray(pos, dtype=np.int64)
         return self.system.take(idx), [w[idx] for w in self.state], self.point.take(idx)
 
+    def fields(self, i, t):
+        """The host fields of a record of the member at position i, at time t."""
+        return {"t": float(t), "dt": float(self.dt[i]), "step": int(self.steps[i]),
+                "rejected": int(self.rejected[i]), "wall": self.limits.wall()}
+
     def record(self, pos, at=None):
-        """Add a record for the members at positions pos: one observation, one transfer to the host.
+        """Take a checkpoint of the members at positions pos, to be observed with others (`flush`).
+
+        Its record gets its host fields (t, dt, step, rejected, wall) and its place in the member's records
+        now, and the member's recorder sets its next checkpoint now: the schedule is that of an immediate
+        record. The member's state and point wait on the device, one pending copy per member at most: a
+        member due again flushes every pending checkpoint, its new one included.
         at: (state, point, t) of those members, where they are recorded between two steps (dense output)."""
         if not len(pos):
             return
-        system, state, point = self.subset(pos)
-        times = self.t[pos]
+        pos = np.asarray(pos, dtype=np.int64)
+        again = not self.pending_ids().isdisjoint(self.ids[pos])
         if at is not None:
             state, point, times = at
-        observed = system.observe(state, point)
-        values = dict(zip(observed, to_host(*observed.values())))
-        for k, i in enumerate(pos):
-            record = {"t": float(times[k]), "dt": float(self.dt[i]), "step": int(self.steps[i]),
-                      "rejected": int(self.rejected[i]), "wall": self.limits.wall(),
-                      **{name: float(v[k]) for name, v in values.items()}}
-            callback = self.callbacks[self.ids[i]]
-            if callback is not None:
-                record.update(callback([w[k] for w in state], record) or {})
-            self.recorders[self.ids[i]].add(record)
+        else:
+            state, point, times = self.state, self.point, self.t[pos]
+            if len(pos) < len(self):
+                idx = array_module(state[0]).asarray(pos, dtype=np.int64)
+                state, point = [w[idx] for w in state], Point(point.F[idx], point.margins[idx], point.loss[idx])
+        self.wait(Checkpoints(self.ids[pos], [self.fields(i, t) for i, t in zip(pos, times)], state, point))
+        if again:
+            self.flush()
+
+    def wait(self, checkpoints):
+        """Add the checkpoints to their members' records and to those waiting to be observed."""
+        for s, record in zip(checkpoints.ids, checkpoints.records):
+            self.recorders[s].add(record)
+        point = checkpoints.point
+        checkpoints.point = Point(point.F, point.margins, point.loss)  # what `observe` reads: no gradient held
+        self.pending.append(checkpoints)
+
+    def pending_ids(self):
+        """The members with a checkpoint waiting to be observed."""
+        return {s for checkpoints in self.pending for s in checkpoints.ids}
+
+    def flush(self, point=None):
+        """Observe every pending checkpoint: one `system.observe` of their rows stacked, one transfer to the
+        host; then complete each record and call its member's callback with the member's state at that
+        checkpoint, in the order the checkpoints were taken. Given `point` (of the running members), also
+        return their statuses (`status_of` their `output_extremes`), fetched in the same transfer."""
+        pending, self.pending = self.pending, []
+        extremes = [] if point is None else list(output_extremes(point))
+        if not pending and not extremes:
+            return None
+        observed = {}
+        if pending:
+            ids = np.concatenate([checkpoints.ids for checkpoints in pending])
+            arrays = pending[0].arrays() if len(pending) == 1 else [
+                array_module(rows[0]).concatenate(rows) for rows in zip(*(c.arrays() for c in pending))]
+            *state, F, margins, loss = arrays
+            system = self.everyone
+            if not np.array_equal(ids, np.arange(len(self.runs))):
+                system = system.take(array_module(F).asarray(ids, dtype=np.int64))
+            observed = system.observe(state, Point(F, margins, loss))
+        values = to_host(*observed.values(), *extremes)
+        k = 0
+        for checkpoints in pending:
+            for s, record in zip(checkpoints.ids, checkpoints.records):
+                record.update({name: float(v[k]) for name, v in zip(observed, values)})
+                if self.callbacks[s] is not None:
+                    record.update(self.callbacks[s]([w[k] for w in state], record) or {})
+                if self.runs[s] is not None:
+                    self.runs[s].test_error = record.get("test_err")
+                k += 1
+        return None if point is None else status_of(*values[len(observed):])
 
     def record_due(self, pos):
         """Record those of the members at positions pos whose checkpoint is due."""
         self.record([i for i in pos if self.recorders[self.ids[i]].due(self.steps[i])])
 
     def stop(self, statuses):
-        """Finish the members whose status is not None (a final record, their Run) and drop them."""
+        """Finish the members whose status is not None and drop them: a final checkpoint where their last one
+        is not at their t (it waits on the rows that their Run keeps), and their Run, whose records and
+        test_error are complete once their checkpoints are observed: at the latest when the last member
+        stops."""
         pos = [i for i, status in enumerate(statuses) if status]
         if not pos:
             return
-        self.record([i for i in pos if self.recorders[self.ids[i]].records[-1]["t"] != self.t[i]])
         system, state, point = self.subset(pos)
+        final = [k for k, i in enumerate(pos) if self.recorders[self.ids[i]].records[-1]["t"] != self.t[i]]
+        if final:
+            at = [pos[k] for k in final]
+            self.wait(Checkpoints(self.ids[at], [self.fields(i, self.t[i]) for i in at], state, point,
+                                  None if len(final) == len(pos) else final))
         F_test = system.test_predictor(state)
         for k, i in enumerate(pos):
             records = self.recorders[self.ids[i]].records
@@ -1184,6 +1276,8 @@ class Ensemble:
                 None if F_test is None else F_test[k], records[-1].get("test_err"), self.integrator,
                 int(self.evaluations[i]))
         self.keep([i for i, status in enumerate(statuses) if not status])
+        if not len(self):
+            self.flush()
 
     def keep(self, pos):
         """Keep only the running members at positions pos."""
@@ -1193,7 +1287,7 @@ class Ensemble:
         idx = array_module(self.state[0]).asarray(pos, dtype=np.int64)
         self.system, self.state, self.point = self.subset(pos)
         self.carried = [[w[idx] for w in arrays] for arrays in self.carried]
-        for name in ("ids", "t", "dt", "rho", "steps", "rejected", "streak", "evaluations", "stiff"):
+        for name in ("ids", "t", "dt", "rho", "steps", "rejected", "streak", "evaluations", "stiff", "since"):
             setattr(self, name, getattr(self, name)[pos])
 
     def accept(self, ok, state, point, carried):
@@ -1208,6 +1302,15 @@ class Ensemble:
                 [self.point.F, self.point.margins, self.point.loss, self.point.grad_norm2(), *self.point.grad])
             self.point = Point(F, margins, loss, grad, grad2)
             self.carried = [choose(mask, new, old) for new, old in zip(carried, self.carried)]
+
+    def advance(self, ok, t, state, point, carried):
+        """The members where ok accept their trial (`accept`): they move to it, at time t, one more accepted
+        step. The others reject it: they stay, one more rejected step, one more in a row (streak). Each
+        member made one more evaluation of the system."""
+        self.accept(ok, state, point, carried)
+        self.t = np.where(ok, t, self.t)
+        self.steps, self.rejected = self.steps + ok, self.rejected + ~ok
+        self.streak, self.evaluations = np.where(ok, 0, self.streak + 1), self.evaluations + 1
 
 
 def euler_step(state, velocity, grad, dt, tau):
@@ -1258,6 +1361,10 @@ def gradient_flow(system, state, *, integrator="paper", max_dgrad=1e-4, max_dout
     trials in a row fail (dt has shrunk 10^max_rejections-fold); it is then dropped
     from the computation. Returns one Run per member.
 
+    A step of the ensemble, whatever its size, makes one transfer to the host (every
+    member's dout, dgrad and smallest margin), and its checkpoints about one more per
+    checkpoint of one member (they are observed together: `Ensemble`).
+
     integrator: "paper" (this rule) or one of the error-controlled rules of `runge_kutta_flow`
     ("rk23", "rkc", "auto"), which take `tolerance` instead of max_dgrad and max_dout.
     """
@@ -1273,24 +1380,21 @@ def gradient_flow(system, state, *, integrator="paper", max_dgrad=1e-4, max_dout
     run = Ensemble(system, state, system.evaluate(state), limits, checkpoints, callback, carried)
     run.dt[:] = dt
     run.record(range(len(run)))
-    run.stop(output_status(run.point))
+    run.stop(run.flush(run.point))  # the first records and statuses: one transfer
     while len(run):
         run.stop([limits.reached(t, steps) for t, steps in zip(run.t, run.steps)])
         if not len(run):
             break
-        h = np.minimum(run.dt, max_time - run.t)
+        h = np.minimum(run.dt, max_time - run.t)  # the trial step: dt, or less to land on max_time
+        last = h < run.dt
         trial_state, velocity = euler_step(run.state, run.carried[0] if tau > 0 else None, run.point.grad,
                                            xp.asarray(h, dtype=state[0].dtype), tau)
         trial = run.system.evaluate(trial_state)
         dout, dgrad, min_margin = to_host(*step_change(run.point, trial), xp.min(trial.margins, axis=1))
-        ok = (dgrad < max_dgrad) & (dout < max_dout)
-        run.accept(ok, trial_state, trial, [velocity] if tau > 0 else [])
-        clipped = h < run.dt
-        grow = ok & ~clipped & (dgrad < max_dgrad / 2) & (dout < max_dout / 2)
-        run.t = np.where(ok, np.where(clipped, max_time, run.t + h), run.t)
-        run.dt = np.where(ok, np.where(grow, run.dt * 1.1, run.dt), h / 10)
-        run.steps, run.rejected = run.steps + ok, run.rejected + ~ok
-        run.streak, run.evaluations = np.where(ok, 0, run.streak + 1), run.evaluations + 1
+        ok = (dgrad < max_dgrad) & (dout < max_dout)  # accept, or reject and stay
+        run.advance(ok, np.where(last, max_time, run.t + h), trial_state, trial, [velocity] if tau > 0 else [])
+        run.dt[ok & ~last & (dgrad < max_dgrad / 2) & (dout < max_dout / 2)] *= 1.1  # both below half: grow
+        run.dt[~ok] = h[~ok] / 10  # rejected: shrink, and retry
         run.record_due(np.flatnonzero(ok))
         run.stop(["fitted" if accepted and margin >= 1 else "diverged" if streak >= max_rejections else None
                   for accepted, margin, streak in zip(ok, min_margin, run.streak)])
@@ -1314,7 +1418,7 @@ def gradient_flow(system, state, *, integrator="paper", max_dgrad=1e-4, max_dout
 # taken on a schedule in t from the same interpolant.
 
 INTEGRATORS = ("paper", "rk23", "rkc", "auto")
-TOLERANCE = 0.02  # the default |error| / |y1 - y0| of the Runge-Kutta rules
+TOLERANCE = 0.01  # the default |error| / |y1 - y0| of the Runge-Kutta rules
 # The first trial of a Runge-Kutta rule is at most dt, and at most the step whose Euler error h^2 |J f0| / 2
 # is tolerance times its displacement h |f0| (J = df/dy, |J f0| / |f0| measured by one probe of length
 # dt * FIRST_STEP |f0|): the error of a first step from rest, relative to its displacement, goes into F at
@@ -1391,16 +1495,16 @@ def error_ratio(error, step, tolerance):
 @dataclass
 class Trial:
     """One trial step of every member: the new y, its point and f(y), the displacement y - y0, the error
-    estimate, the evaluations it took, and (rk23) the stiffness seen by its last two stages,
-    |f(y1) - f(Y3)| / |y1 - Y3| <= rho (free: Shampine's test for stiffness)."""
+    estimate, the evaluations each member took (S,), and the stiffness its last two stages saw (rk23:
+    |f(y1) - f(Y3)| / |y1 - Y3| <= rho, free: Shampine's test for stiffness; 0 for rkc)."""
 
     y: list
     point: Point
     f: list
     step: list
     error: list
-    evaluations: int
-    stiffness: object = None
+    evaluations: np.ndarray
+    stiffness: object
 
 
 def bogacki_shampine(flow, system, y0, f0, h):
@@ -1417,7 +1521,7 @@ def bogacki_shampine(flow, system, y0, f0, h):
     point, k4 = flow(system, y1)
     error = combine((-5 * h / 72, f0), (h / 12, k2), (h / 9, k3), (-h / 8, k4))
     stiffness = member_norm(combine((1, k4), (-1, k3))) / member_norm(combine((1, y1), (-1, Y3)))
-    return Trial(y1, point, k4, step, error, 3, stiffness)
+    return Trial(y1, point, k4, step, error, np.full(len(h), 3), stiffness)
 
 
 @functools.cache
@@ -1440,33 +1544,87 @@ def rkc_coefficients(s):
 
 
 def stages(h_rho):
-    """The fewest RKC stages (at least 2, at most MAX_STAGES) stable for a step h rho (the largest of the members)."""
+    """The fewest RKC stages (at least 2, at most MAX_STAGES) stable for a step h rho."""
     s = 2
     while s < MAX_STAGES and rkc_coefficients(s)[2] < h_rho:
         s += 1
     return s
 
 
+def members_of(system, arrays, pos, S):
+    """The system and the rows of each list in `arrays` of the members at positions pos (host ints) of S:
+    themselves when pos is every member."""
+    if len(pos) == S:
+        return system, arrays
+    idx = array_module(arrays[0][0]).asarray(pos, dtype=np.int64)
+    return system.take(idx), [take_rows(a, idx) for a in arrays]
+
+
+def put_rows(arrays, pos, rows):
+    """Copies of the arrays with the rows at positions pos (host ints) replaced by `rows`."""
+    idx = array_module(arrays[0]).asarray(pos, dtype=np.int64)
+    out = [a.copy() for a in arrays]
+    for a, r in zip(out, rows):
+        a[idx] = r
+    return out
+
+
 def chebyshev(flow, system, y0, f0, h, s):
-    """One step of s-stage RKC from y0, f0 = f(y0), of size h (one per member): Y1 = y0 + mu~_1 h f0,
-    Y_j = (1 - mu_j - nu_j) y0 + mu_j Y_{j-1} + nu_j Y_{j-2} + mu~_j h f(Y_{j-1}) + gamma~_j h f0, y1 = Y_s;
-    error = (12 (y0 - y1) + 6 h (f0 + f(y1))) / 15 (the method's own estimate); s evaluations."""
-    mu1, rows, _ = rkc_coefficients(s)
-    before, last = y0, combine((1, y0), (mu1 * h, f0))
-    for mu, nu, mu_t, gamma_t in rows:
-        _, f = flow(system, last)
-        before, last = last, combine((1 - mu - nu, y0), (mu, last), (nu, before), (mu_t * h, f), (gamma_t * h, f0))
+    """One step of s-stage RKC from y0, f0 = f(y0), of size h, each member with its own h and s (host arrays):
+    Y1 = y0 + mu~_1 h f0, Y_j = (1 - mu_j - nu_j) y0 + mu_j Y_{j-1} + nu_j Y_{j-2} + mu~_j h f(Y_{j-1})
+    + gamma~_j h f0 for j = 2..s, y1 = Y_s; error = (12 (y0 - y1) + 6 h (f0 + f(y1))) / 15 (the method's own
+    estimate); s evaluations. Stage j evaluates only the members with s >= j."""
+    S, methods = len(h), [rkc_coefficients(k) for k in s]
+    before, last = y0, combine((1, y0), (np.array([m[0] for m in methods]) * h, f0))
+    for j in range(2, int(np.max(s)) + 1):
+        pos = np.flatnonzero(s >= j)
+        part, (y0_j, f0_j, last_j, before_j) = members_of(system, [y0, f0, last, before], pos, S)
+        mu, nu, mu_t, gamma_t = np.array([methods[i][1][j - 2] for i in pos]).T
+        _, f = flow(part, last_j)
+        new = combine((1 - mu - nu, y0_j), (mu, last_j), (nu, before_j), (mu_t * h[pos], f), (gamma_t * h[pos], f0_j))
+        before, last = (last, new) if len(pos) == S else (put_rows(before, pos, last_j), put_rows(last, pos, new))
     point, f1 = flow(system, last)
     step = combine((1, last), (-1, y0))
     error = combine((-12 / 15, step), (6 * h / 15, f0), (6 * h / 15, f1))
-    return Trial(last, point, f1, step, error, s)
+    return Trial(last, point, f1, step, error, np.asarray(s), array_module(y0[0]).zeros(S))
+
+
+def trial_step(flow, system, y0, f0, h, s):
+    """One trial of every member from y0, f0 = f(y0), of size h (host, one per member): the rk23 pair where
+    s = 0, s-stage RKC elsewhere. Each method computes for its own members only, so that a member's trial is
+    the one it would take alone."""
+    S, xp = len(h), array_module(y0[0])
+    parts = []
+    for pos, method in ((np.flatnonzero(s == 0), "rk23"), (np.flatnonzero(s > 0), "rkc")):
+        if len(pos):
+            part, (y0_m, f0_m) = members_of(system, [y0, f0], pos, S)
+            parts.append((pos, bogacki_shampine(flow, part, y0_m, f0_m, xp.asarray(h[pos], dtype=y0[0].dtype))
+                          if method == "rk23" else chebyshev(flow, part, y0_m, f0_m, h[pos], s[pos])))
+    if len(parts) == 1:
+        return parts[0][1]
+    (pos_a, a), (pos_b, b) = parts
+
+    def merged(first, second):
+        out = []
+        for u, v in zip(first, second):
+            w = xp.empty((S,) + u.shape[1:], dtype=u.dtype)
+            w[xp.asarray(pos_a, dtype=np.int64)], w[xp.asarray(pos_b, dtype=np.int64)] = u, v
+            out.append(w)
+        return out
+
+    F, margins, loss, stiffness, *grad = merged([a.point.F, a.point.margins, a.point.loss, a.stiffness, *a.point.grad],
+                                                [b.point.F, b.point.margins, b.point.loss, b.stiffness, *b.point.grad])
+    evaluations = np.empty(S, dtype=int)
+    evaluations[pos_a], evaluations[pos_b] = a.evaluations, b.evaluations
+    return Trial(merged(a.y, b.y), Point(F, margins, loss, grad), merged(a.f, b.f), merged(a.step, b.step),
+                 merged(a.error, b.error), evaluations, stiffness)
 
 
 def spectral_radius(flow, system, y0, f0, direction, size, iterations):
     """Per member, rho: the largest |eigenvalue| of df/dy at y0, by power iteration on differences of f.
 
-    rho ~ |f(y0 + u) - f(y0)| / |u| with u along `direction` and |u| = size, the step's displacement, so that
-    the probe stays within the region the step explores (the soft hinge's width); then u <- the difference.
+    rho ~ |f(y0 + u) - f(y0)| / |u| with u along `direction` and |u| = size (one per member); then u <- the
+    difference.
     Returns (rho, the last direction), on the device.
     """
     xp = array_module(y0[0])
@@ -1480,6 +1638,32 @@ def spectral_radius(flow, system, y0, f0, direction, size, iterations):
     return rho, direction
 
 
+def estimate_stiffness(run, flow, y0, f0, h):
+    """Estimate rho again (`spectral_radius`, raised by a margin of 1.2) for the members that need it: those
+    without an estimate (5 iterations), those 10 trials past their last one, and stiff members that were
+    just rejected (2 iterations, from the last direction).
+
+    The probe is short, sqrt(eps) (|y0| + h |f0|) and at most the step h |f0|, so that rho is the largest
+    eigenvalue at y0 itself (as in RKC's own estimate, Sommeijer, Shampine and Verwer 1997, section 3): a
+    probe as long as the step can leave in a direction where the flow bends sharply (the weights of a feature-
+    regime net, or the soft hinge), and its secant then overstates rho a hundredfold."""
+    xp, S = array_module(y0[0]), len(h)
+    probe = math.sqrt(np.finfo(y0[0].dtype).eps)
+    due = (run.since >= 10) | (run.rho == 0) | (run.stiff & (run.streak > 0))
+    for iterations, pos in ((5, np.flatnonzero(due & (run.rho == 0))), (2, np.flatnonzero(due & (run.rho > 0)))):
+        if not len(pos):
+            continue
+        part, (y0_m, f0_m, direction) = members_of(run.system, [y0, f0, run.carried[-1]], pos, S)
+        step = xp.asarray(h[pos], dtype=y0[0].dtype) * member_norm(f0_m)
+        size = xp.minimum(step, probe * (member_norm(y0_m) + step))
+        rho, direction = spectral_radius(flow, part, y0_m, f0_m, direction, size, iterations)
+        (rho,) = to_host(rho)
+        run.rho[pos] = np.where(np.isfinite(rho), 1.2 * rho, 0.0)  # a probe that met a NaN: estimated again
+        run.carried[-1] = direction if len(pos) == S else put_rows(run.carried[-1], pos, direction)
+        run.evaluations[pos] += iterations
+        run.since[pos] = 0
+
+
 def hermite(y0, f0, y1, f1, h, s):
     """The cubic Hermite interpolant of a step at the fractions s (one per member) of it:
     y(s) = (2s^3 - 3s^2 + 1) y0 + (s^3 - 2s^2 + s) h f0 + (3s^2 - 2s^3) y1 + (s^3 - s^2) h f1, third-order accurate."""
@@ -1490,22 +1674,27 @@ def hermite(y0, f0, y1, f1, h, s):
 def fit_fraction(flow, system, ends, h, below, above, t_end, precision=1e-5, iterations=20):
     """Per member, the fraction s of its step at which its smallest margin min y F reaches 1, and the forward
     passes it took: regula falsi with the Illinois rule on the interpolant `ends` = (y0, f0, y1, f1), from the
-    smallest margins below 1 at s = 0 and above at s = 1, until the bracket is shorter than precision t_end.
-    Returns the bracket's upper end, where every margin is >= 1."""
-    xp = array_module(ends[0][0])
-    lo, hi = np.zeros(len(h)), np.ones(len(h))
+    smallest margins below 1 at s = 0 and above at s = 1, until its bracket is shorter than precision t_end
+    (each member on its own: a pass evaluates the members whose bracket is still too long). Returns the
+    bracket's upper end, where every margin is >= 1."""
+    xp, S = array_module(ends[0][0]), len(h)
+    lo, hi, side = np.zeros(S), np.ones(S), np.zeros(S)
     g_lo, g_hi = below - 1, above - 1
-    side, passes = np.zeros(len(h)), 0
-    while passes < iterations and np.any(((hi - lo) * h > precision * t_end) & (g_hi > 1e-12)):
-        s = np.clip((lo * g_hi - hi * g_lo) / (g_hi - g_lo), lo, hi)
-        point, _ = flow(system, hermite(*ends, h, s), need_grad=False)
+    passes = np.zeros(S, dtype=int)
+    while True:
+        pos = np.flatnonzero((passes < iterations) & ((hi - lo) * h > precision * t_end) & (g_hi > 1e-12))
+        if not len(pos):
+            return hi, passes
+        lo_m, hi_m, g_lo_m, g_hi_m, side_m = lo[pos], hi[pos], g_lo[pos], g_hi[pos], side[pos]
+        s = np.clip((lo_m * g_hi_m - hi_m * g_lo_m) / (g_hi_m - g_lo_m), lo_m, hi_m)
+        part, ends_m = members_of(system, list(ends), pos, S)
+        point, _ = flow(part, hermite(*ends_m, h[pos], s), need_grad=False)
         (g,) = to_host(xp.min(point.margins, axis=1) - 1)
-        passes += 1
+        passes[pos] += 1
         up = g >= 0
-        g_lo = np.where(up & (side > 0), g_lo / 2, np.where(up, g_lo, g))
-        g_hi = np.where(~up & (side < 0), g_hi / 2, np.where(up, g, g_hi))
-        lo, hi, side = np.where(up, lo, s), np.where(up, s, hi), np.where(up, 1.0, -1.0)
-    return hi, passes
+        g_lo[pos] = np.where(up & (side_m > 0), g_lo_m / 2, np.where(up, g_lo_m, g))
+        g_hi[pos] = np.where(~up & (side_m < 0), g_hi_m / 2, np.where(up, g, g_hi_m))
+        lo[pos], hi[pos], side[pos] = np.where(up, lo_m, s), np.where(up, s, hi_m), np.where(up, 1.0, -1.0)
 
 
 def take_rows(arrays, idx):
@@ -1514,18 +1703,19 @@ def take_rows(arrays, idx):
 
 def runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, limits, checkpoints, callback,
                      max_rejections):
-    """Gradient flow by an error-controlled Runge-Kutta rule ("rk23", "rkc" or "auto"), for S members at once.
+    """Gradient flow by an error-controlled Runge-Kutta rule ("rk23", "rkc" or "auto"), for S members at once,
+    each member exactly as it would run alone.
 
     Each member has its own step h: it accepts a trial when r = max(|error| / (tolerance |y1 - y0|),
     (dout / max_dout)^2) <= 1 and its output is finite, then h *= 0.9 r^(-1/2) within [0.2, 5] (no growth
-    just after a rejection; a non-finite trial: h /= 10). The members of an ensemble take their trials
-    with one method at a time: rkc as soon as one of them is stiff ("auto": h rho > 2, against rk23's
-    stability limit 2.5, and back below h rho = 1), with the stages the stiffest one needs. rho is
-    estimated by power iteration every 10 trials and after a stiff member's rejection, and raised by what
-    every rk23 trial's last stages see (`Trial`); an rk23 trial with h rho > 2 is rejected. A member that
-    fits inside a step stops at the time its smallest margin reaches 1 (`fit_fraction`); records are taken `checkpoints` per decade of t (`TimeRecorder`). Stop rules and
-    the Runs are those of `gradient_flow`, with run.evaluations counting every evaluation of the system:
-    stages, rejected trials, spectral estimates and the fit's forward passes.
+    just after a rejection; a non-finite trial: h /= 10). Each member also has its own method: rkc where it
+    is stiff ("auto": h rho > 2, against rk23's stability limit 2.5, and back below h rho = 1), with the
+    stages its own h rho needs. rho is estimated by power iteration (`estimate_stiffness`) and raised by
+    what every rk23 trial's last stages see (`Trial`); an rk23 trial with h rho > 2 is rejected. A member that
+    fits inside a step stops at the time its smallest margin reaches 1 (`fit_fraction`); records are taken
+    `checkpoints` per decade of t (`TimeRecorder`). Stop rules and the Runs are those of `gradient_flow`,
+    with run.evaluations counting every evaluation of the system: stages, rejected trials, spectral
+    estimates and the fit's forward passes.
     """
     tolerance = TOLERANCE if tolerance is None else tolerance
     if not 0 < tolerance < 1:
@@ -1542,8 +1732,7 @@ def runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, li
     run.evaluations += 1
     run.stiff[:] = integrator == "rkc"
     run.record(range(len(run)))
-    run.stop(output_status(run.point))
-    since = 0  # trials since the last estimate of rho
+    run.stop(run.flush(run.point))  # the first records and statuses: one transfer
     while len(run):
         run.stop([limits.reached(t, steps) for t, steps in zip(run.t, run.steps)])
         if not len(run):
@@ -1552,33 +1741,22 @@ def runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, li
         h = np.minimum(run.dt, to_end)
         y0 = flow.join(run.state, run.carried)
         f0 = flow.rate(y0, run.point)
-        h_dev = xp.asarray(h, dtype=state[0].dtype)
-        if integrator != "rk23" and (since >= 10 or np.any(run.rho == 0) or np.any(run.stiff & (run.streak > 0))):
-            iterations = 5 if np.any(run.rho == 0) else 2
-            rho, run.carried[-1] = spectral_radius(flow, run.system, y0, f0, run.carried[-1],
-                                                   h_dev * member_norm(f0), iterations)
-            (rho,) = to_host(rho)
-            run.rho = np.where(np.isfinite(rho), 1.2 * rho, 0.0)  # a probe that met a NaN: estimated again
-            run.evaluations, since = run.evaluations + iterations, 0
+        if integrator != "rk23":
+            estimate_stiffness(run, flow, y0, f0, h)
         if integrator == "auto":
             run.stiff = run.rho * h > np.where(run.stiff, STIFF[1], STIFF[0])
-        if run.stiff.any():
-            h = np.minimum(h, rkc_coefficients(MAX_STAGES)[2] / np.maximum(run.rho, 1e-300))
-            h_dev = xp.asarray(h, dtype=state[0].dtype)
-            trial = chebyshev(flow, run.system, y0, f0, h_dev, stages(float(np.max(h * run.rho))))
-        else:
-            trial = bogacki_shampine(flow, run.system, y0, f0, h_dev)
-        since += 1
+        h = np.where(run.stiff, np.minimum(h, rkc_coefficients(MAX_STAGES)[2] / np.maximum(run.rho, 1e-300)), h)
+        s = np.array([stages(x) if stiff else 0 for x, stiff in zip(h * run.rho, run.stiff)])
+        trial = trial_step(flow, run.system, y0, f0, h, s)
+        run.since += 1
         ratio, dout, min_margin, before, stiffness = to_host(
             error_ratio(trial.error, trial.step, tolerance), xp.max(xp.abs(trial.point.F - run.point.F), axis=1),
-            xp.min(trial.point.margins, axis=1), xp.min(run.point.margins, axis=1),
-            xp.zeros(len(h)) if trial.stiffness is None else trial.stiffness)
+            xp.min(trial.point.margins, axis=1), xp.min(run.point.margins, axis=1), trial.stiffness)
         ratio = np.maximum(ratio, (dout / max_dout) ** 2)
         ok = (ratio <= 1) & np.isfinite(min_margin)
-        if integrator == "auto" and trial.stiffness is not None:  # a step at rk23's stability limit is not
-            # trusted: the member's next trial is rkc's
-            run.rho = np.maximum(run.rho, np.where(np.isfinite(stiffness), stiffness, 0.0))
-            ok &= run.rho * h <= STIFF[0]
+        if integrator == "auto":  # a step at rk23's stability limit is not trusted: the member's next trial is rkc's
+            run.rho = np.where(s == 0, np.maximum(run.rho, np.where(np.isfinite(stiffness), stiffness, 0.0)), run.rho)
+            ok &= (s > 0) | (run.rho * h <= STIFF[0])
         factor = np.where(np.isfinite(ratio), np.clip(0.9 * np.maximum(ratio, 1e-10) ** -0.5, 0.2, 5.0), 0.1)
         factor = np.where(run.streak > 0, np.minimum(factor, 1.0), factor)
         clipped = h >= to_end  # the step lands on max_time
@@ -1588,9 +1766,9 @@ def runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, li
         if len(fits):
             idx = xp.asarray(fits, dtype=np.int64)
             part, part_ends = run.system.take(idx), [take_rows(a, idx) for a in ends]
-            s, passes = fit_fraction(flow, part, part_ends, h[fits], before[fits], min_margin[fits], t1[fits])
-            t1[fits] = t0[fits] + s * h[fits]
-            y_fit = hermite(*part_ends, h[fits], s)
+            s_fit, passes = fit_fraction(flow, part, part_ends, h[fits], before[fits], min_margin[fits], t1[fits])
+            t1[fits] = t0[fits] + s_fit * h[fits]
+            y_fit = hermite(*part_ends, h[fits], s_fit)
             point_fit, _ = flow(part, y_fit)
             for a, b in zip(trial.y, y_fit):
                 a[idx] = b
@@ -1650,9 +1828,10 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
     m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, w <- w - lr m_hat / (sqrt(v_hat) + eps),
     with bias-corrected m_hat, v_hat. Each member draws its mini-batches from its own
     seed (`seed`: one int for all, or one per member). The time t is lr x steps. At
-    the end of every epoch and at checkpoints the whole training set is evaluated: a
-    member stops when it is fitted, or as "diverged" when its output is non-finite.
-    Returns one Run per member.
+    the end of every epoch, at checkpoints and at a limit the whole training set is
+    evaluated: a member stops when it is fitted, or as "diverged" when its output is
+    non-finite. One transfer brings the members' status and the records of the
+    checkpoints, and the steps in between transfer nothing. Returns one Run per member.
     """
     batch_size = check_int("batch_size", batch_size)
     if not lr > 0:
@@ -1667,7 +1846,7 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
     batches = [minibatches(len(objective.y), batch_size, np.random.default_rng(s)) for s in seeds]
     run.dt[:] = lr
     run.record(range(S))
-    run.stop(output_status(run.point))
+    run.stop(run.flush(run.point))
     step = 0
     while len(run):
         run.stop([limits.reached(lr * step, step)] * len(run))
@@ -1682,14 +1861,13 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
         run.state = [w - lr * (a / c1) / (xp.sqrt(b / c2) + eps) for w, a, b in zip(run.state, m, v)]
         run.carried = [m, v]
         run.steps[:], run.t[:], run.evaluations = step, lr * step, run.evaluations + 1
-        due = run.recorders[run.ids[0]].due(step)
-        if drawn[0][1] or due or limits.reached(lr * step, step):
+        due = run.recorders[run.ids[0]].due(step) or limits.reached(lr * step, step)  # at a limit: the last record
+        if drawn[0][1] or due:
             run.point = run.system.evaluate(run.state, need_grad=False)
             run.evaluations += 1
-            statuses = output_status(run.point)
             if due:
                 run.record(range(len(run)))
-            run.stop(statuses)
+            run.stop(run.flush(run.point))
     return run.runs
 
 

@@ -113,14 +113,28 @@ def sample_cores(net, params, x, n, cores):
 # product of at most 10^6 multiply-adds: the block's columns, copied from the patches, are
 # multiplied while they are still in the cache, and OpenBLAS runs such products with its
 # small-matrix kernels. They are too small for OpenBLAS to share between threads: a large pass
-# uses the cores by splitting its samples instead (`sample_cores`). On a GPU, a bound on memory.
+# uses the cores by splitting its samples instead (`sample_cores`). On a GPU, a block's columns and
+# product take at most GPU_BLOCK_FRACTION of the device's total memory: a layer of a paper-size CNN
+# ensemble (h = 128, 2048 samples a pass) then takes tens of blocks, each a few kernel launches. A
+# sweep's ensemble takes at most half of the free memory (`findings.Context.ensemble_memory`), so two
+# blocks (the next block's columns are copied while the previous block's are held) fit beside it. The
+# total, not what is free at the moment, sets the blocks: the sums of a block's products, and so the
+# rounding of a result, do not change with what else is on the device.
 # `python run.py bench` times the CNN's gradient against the GEMM bound of its products.
 CPU_BLOCK_MULTIPLY_ADDS = 10**6
-GPU_BLOCK_BYTES = 1 << 28
+GPU_BLOCK_FRACTION = 1 / 16
+
+
+def free_gpu_memory(cupy):
+    """The bytes free for arrays on CuPy's current GPU: what CUDA reports free, plus the blocks that CuPy's
+    memory pool keeps for reuse. Processes sharing the GPU see each other's arrays and pools as used."""
+    return cupy.cuda.runtime.memGetInfo()[0] + cupy.get_default_memory_pool().free_bytes()
 
 
 def max_block_positions(xp, fan_in, width):
-    """The most positions (rows) of a block's product (positions, fan_in) @ (fan_in, width), at least 1."""
+    """The most positions (rows) of a block's product (positions, fan_in) @ (fan_in, width), at least 1: on
+    the CPU, CPU_BLOCK_MULTIPLY_ADDS multiply-adds; on a GPU, columns and product of 8 bytes a number
+    within GPU_BLOCK_FRACTION of its total memory."""
     if xp.__name__ == "numpy":
         return max(1, CPU_BLOCK_MULTIPLY_ADDS // (fan_in * width))
-    return max(1, GPU_BLOCK_BYTES // (8 * (fan_in + width)))
+    return max(1, int(GPU_BLOCK_FRACTION * xp.cuda.Device().mem_info[1]) // (8 * (fan_in + width)))

@@ -300,6 +300,9 @@ def machine_cores():
 
 
 def add_findings(sub):
+    import findings
+    import lazyfeat as lf
+
     for name, description in [*FINDING_HELP.items(), ("all", "every finding in turn, and figures/REPORT.md")]:
         parser = sub.add_parser(name, help=description, description=description + ". Figures go to "
                                 "FIGURES/<finding>.png/.pdf with their numbers and verdict in <finding>.json; "
@@ -317,7 +320,9 @@ def add_findings(sub):
                             help="networks trained together as one ensemble (default 8 per core of a worker on "
                                  "the CPU, 64 on a GPU; 1: one at a time)")
         parser.add_argument("--max-memory", type=positive_float,
-                            help="GiB one ensemble may use (default: half the free memory)")
+                            help="GiB one ensemble may use (default: half the free memory, split between the workers)")
+        parser.add_argument("--integrator", choices=list(lf.INTEGRATORS), default=findings.INTEGRATOR,
+                            help=f"step rule of the gradient flows (default {findings.INTEGRATOR}; paper: the paper's rule)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         sizes = parser.add_argument_group("sizes (override the scale's value wherever the finding has it)")
         sizes.add_argument("--dataset")
@@ -382,7 +387,7 @@ def command_finding(args):
     workers = args.workers or (1 if args.device == "gpu" else machine_cores())
     context = findings.Context(args.results, workers, args.scheduler, args.device, not args.no_progress,
                                max_members=args.max_members,
-                               max_memory=args.max_memory and args.max_memory * 2**30)
+                               max_memory=args.max_memory and args.max_memory * 2**30, integrator=args.integrator)
     given = overrides(args)
     known = set().union(*(findings.size_keys(name, args.scale) for name in names))
     if set(given) - known:

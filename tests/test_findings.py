@@ -365,13 +365,18 @@ def test_finding_3_measures_its_ends_on_end_seeds_and_the_rest_on_seeds():
     assert all(c.holds is None and c.note.startswith(("too few seeds", "not measurable")) for c in two.claims)
 
 
-@pytest.mark.parametrize("integrator, alone", [("paper", False), ("rk23", False), ("rkc", True), ("auto", True)])
-def test_sweeps_train_configs_one_at_a_time_where_ensemble_members_would_share_their_trials(integrator, alone):
-    """With rkc and auto, a member's run depends on the other members of its ensemble (found by the
-    resume test: a resumed sweep grouped them differently and stored other numbers), so a sweep may not
-    group them."""
+@pytest.mark.parametrize("integrator", ["paper", "rk23", "rkc", "auto"])
+def test_sweeps_group_the_configs_of_every_integrator_into_ensembles(integrator):
+    """Under every step rule an ensemble member runs as it would alone (test_integrators), so a sweep may group
+    any configs that differ in seed and alpha sqrt(h)."""
     import experiments
 
     group = experiments.ensembles(max_members=8, max_memory=2**30)
     config = {"dataset": "sphere", "d": 5, "p": 10, "p_test": 10, "h": 8, "integrator": integrator}
-    assert (group.capacity(config) == 1) == alone
+    assert group.capacity(config) == 8
+
+
+def test_findings_use_the_auto_step_rule_unless_told_otherwise():
+    sizes = {"dataset": "sphere", "d": 5, "p": 20, "p_test": 20, "L": 2}
+    assert findings.run_config(findings.Context(), sizes, 8, 1.0, 0)["integrator"] == "auto"
+    assert findings.run_config(findings.Context(integrator="paper"), sizes, 8, 1.0, 0)["integrator"] == "paper"

@@ -14,8 +14,10 @@ import pytest
 import bench
 import cupy_standin
 import experiments
+import findings
 import kernels
 import lazyfeat as lf
+import machine
 import run as cli
 
 
@@ -101,6 +103,8 @@ def test_forward_backward_and_ntk_agree_on_cpu_and_gpu(cupy, make, shape):
     ("flow", {"tau": 5.0}),  # momentum
     ("adam", {"lr": 1e-2, "batch_size": 8}),
     ("flow", {"integrator": "rk23"}),
+    ("flow", {"integrator": "rkc"}),
+    ("flow", {"integrator": "auto", "tau": 5.0}),
 ])
 def test_training_agrees_on_cpu_and_gpu(cupy, method, options):
     x, y, xt, yt = data()
@@ -110,6 +114,19 @@ def test_training_agrees_on_cpu_and_gpu(cupy, method, options):
     assert all(close(g, c, 1e-8) for g, c in zip(gpu.params, cpu.params))
     assert isinstance(gpu.records[-1]["loss"], float)
     assert [r["step"] for r in gpu.records] == [r["step"] for r in cpu.records]
+
+
+def test_an_auto_ensemble_of_lazy_and_feature_members_agrees_on_cpu_and_gpu(cupy):
+    """Members on rk23 and on rkc with their own stages in one trial, fits found inside a step, checkpoints
+    interpolated: the same runs on both devices."""
+    x, y, xt, yt = data()
+    alphas = [1e-2, 1.0, 30.0, 1e3]
+    cpu, gpu = on_both(lf.FC(6, 16, 2), [0, 1, 2, 3], x, y, alphas, xt, yt, integrator="auto")
+    for c, g in zip(cpu, gpu):
+        assert (c.status, c.steps_accepted, c.evaluations) == (g.status, g.steps_accepted, g.evaluations) == (
+            "fitted", c.steps_accepted, c.evaluations)
+        assert close(g.F_test, c.F_test, 1e-8)
+        assert [r["t"] for r in g.records] == pytest.approx([r["t"] for r in c.records], rel=1e-9)
 
 
 def test_training_in_the_span_of_the_data_agrees_on_cpu_and_gpu_and_with_the_full_input_space(cupy):
@@ -219,14 +236,14 @@ def test_each_finding_on_the_gpu_gives_the_numbers_and_verdicts_of_the_cpu(cupy,
 # ---------------------------------------------------------------------------
 
 
-# Transfers a training makes once, before its first step: the checks of the training and test labels and
-# the first status of its members (is any fitted, any diverged).
-SETUP_TRANSFERS = 3
+# Transfers a training makes once, before its first step: the checks of the training and test labels. The
+# first status of its members (is any fitted, any diverged) comes with their first checkpoint.
+SETUP_TRANSFERS = 2
 
 
 def transfers_of_training(standin, S, **options):
-    """(transfers, loop iterations, checkpoints) of a training of an ensemble of S FC nets on the stand-in.
-    A checkpoint is one count of the transfer counter seen by the members it records (the callback)."""
+    """(transfers, loop iterations, checkpoints, runs) of a training of an ensemble of S FC nets on the
+    stand-in. A checkpoint is one count of the transfer counter seen by the members it records (the callback)."""
     x, y, xt, yt = data(p=64, d=5, p_test=20)
     net = lf.FC(5, 8, 2)
     params = net.init(list(range(S)), device="gpu")
@@ -238,26 +255,29 @@ def transfers_of_training(standin, S, **options):
     start = standin.device.transfers
     runs = lf.train(net, params, x, y, list(np.geomspace(1e-2, 1e4, S)), xt, yt, callback=note, **options)
     iterations = max(r.steps_accepted + r.steps_rejected for r in runs)
-    return standin.device.transfers - start, iterations, len(checkpoints)
+    return standin.device.transfers - start, iterations, len(checkpoints), runs
 
 
 @pytest.mark.parametrize("S", [1, 8, 64])
-def test_a_flow_step_of_an_ensemble_of_any_size_costs_one_transfer_plus_one_per_checkpoint(standin, S):
-    """Per loop iteration (one trial step of every running member): one transfer for the step, and one
-    for a checkpoint, however many members it records."""
-    transfers, iterations, checkpoints = transfers_of_training(standin, S, max_steps=60)
-    assert checkpoints <= iterations + 1  # at most one checkpoint per iteration, and one at the start
+def test_a_flow_step_of_an_ensemble_of_any_size_costs_one_transfer_plus_one_per_checkpoint_of_one_member(standin, S):
+    """Per loop iteration (one trial step of every running member): one transfer for the step. The members'
+    checkpoints are observed together, however far apart their rejected steps take them: they cost no more
+    transfers than one member's schedule has checkpoints, whatever S."""
+    transfers, iterations, checkpoints, runs = transfers_of_training(standin, S, max_steps=60)
+    schedule = max(len(run.records) for run in runs)
+    assert checkpoints <= schedule, (checkpoints, schedule)
     assert transfers <= iterations + checkpoints + SETUP_TRANSFERS, (transfers, iterations, checkpoints)
 
 
-def test_adam_makes_no_transfer_between_epochs_and_checkpoints(standin):
-    """Adam evaluates the whole training set at the end of each epoch and at checkpoints (one transfer: the
-    members' status), and a checkpoint records them (one more); the steps in between transfer nothing."""
-    steps, epochs = 64, 64 // (64 // 8)
-    transfers, iterations, checkpoints = transfers_of_training(standin, 2, method="adam", batch_size=8,
-                                                              max_steps=steps)
+def test_adam_makes_one_transfer_per_epoch_end_or_checkpoint_and_none_between(standin):
+    """Adam evaluates the whole training set at the end of each epoch, at checkpoints and at its limit: one
+    transfer brings the members' status and the checkpoint's records. The steps in between transfer nothing."""
+    steps, per_epoch = 64, 64 // 8
+    transfers, iterations, _, runs = transfers_of_training(standin, 2, method="adam", batch_size=8,
+                                                           max_steps=steps)
     assert iterations == steps
-    assert transfers <= epochs + 2 * checkpoints + SETUP_TRANSFERS, (transfers, checkpoints)
+    evaluations = set(range(per_epoch, steps + 1, per_epoch)) | {r["step"] for run in runs for r in run.records}
+    assert transfers <= SETUP_TRANSFERS + len(evaluations), (transfers, sorted(evaluations))
 
 
 def test_peak_memory_on_the_gpu_measures_the_call_alone_not_what_was_allocated_before(cupy):
@@ -265,3 +285,59 @@ def test_peak_memory_on_the_gpu_measures_the_call_alone_not_what_was_allocated_b
     once = bench.peak_memory(lambda: cupy.ones((256, 1024)) * 2, cupy)  # two 2 MiB arrays at once
     assert 4 << 20 <= once < 6 << 20
     assert kept.shape == (1024, 1024)
+
+
+# ---------------------------------------------------------------------------
+# Memory on a shared device; convolution blocks
+# ---------------------------------------------------------------------------
+
+
+def test_sweep_workers_sharing_a_gpu_size_each_ensemble_to_their_share_of_its_free_memory(standin):
+    """Every worker's ensembles fit in its share of half the free memory, so that all of them fit together."""
+    config = {**CONFIG, "alpha_sqrt_h": 1.0, "seed": 0, "device": "gpu"}
+    each = experiments.member_bytes(config)
+    standin.device.memory = standin.device.used + 64 * each
+    free = lf.available_memory(standin)
+    capacity = {workers: findings.Context(workers=workers, device="gpu", max_members=1000).ensembles()
+                .capacity(config) for workers in (1, 2, 4)}
+    for workers, members in capacity.items():
+        assert members >= 1 and workers * members * each <= free / 2, (workers, members, free / each)
+    assert capacity[1] > capacity[2] > capacity[4]
+
+
+H200_FREE = 140 << 30  # what CUDA reports free on an H200 (141 GB) once it has started
+
+
+def conv_products(net, S, n, size):
+    """(members, samples, OH, OW, fan_in, width) of each conv layer's product in a forward pass of an
+    ensemble of S CNNs on n images of size x size: its gradient's products take the same blocks. The first
+    layer's input is shared by the members: it is multiplied by all members' filters at once."""
+    products = []
+    for i, conv in enumerate(layer for layer in net.layers if isinstance(layer, lf.Conv)):
+        size = lf.conv_output_size(size, conv.k, conv.stride, conv.pad)
+        shared = i == 0
+        products.append((1 if shared else S, n, size, size, conv.fan_in, conv.out_ch * (S if shared else 1)))
+    return products
+
+
+@pytest.mark.parametrize("h", [32, 128])  # the widths of the paper's CNN (finding 2, MNIST p = 5000)
+def test_a_paper_size_cnn_layer_takes_tens_of_gpu_blocks_and_two_blocks_fit_beside_the_ensemble(monkeypatch, h):
+    """An ensemble of the paper's CNN, as many members as a sweep puts on one H200, on a pass of lf.CHUNK
+    images: each conv layer's product is cut into tens of blocks (blocks of 256 MiB cut the widest into
+    450 to 550, and a pass into thousands), and two blocks' columns and products fit in what the ensemble
+    leaves free. The blocks depend on the device's total memory only, not on what is free."""
+    monkeypatch.setitem(sys.modules, "cupy", cupy_standin.module(memory=H200_FREE))
+    net = lf.CNN(1, h)
+    each = net.bytes_per_member(net.init(0), np.zeros((1, 1, 28, 28)), lf.CHUNK)
+    S = min(findings.ENSEMBLE_MEMBERS["gpu"], int(findings.Context(device="gpu").ensemble_memory() // each))
+    left = H200_FREE - S * each  # free beside the ensemble
+    cupy = cupy_standin.module(memory=H200_FREE)
+    for members, n, OH, OW, fan_in, width in conv_products(net, S, lf.CHUNK, 28):
+        max_positions = machine.max_block_positions(cupy, fan_in, width)
+        cupy.device.used = S * each  # the ensemble allocated: the blocks stay the same
+        assert machine.max_block_positions(cupy, fan_in, width) == max_positions
+        blocks = lf.blocks(members, n, OH, OW, max_positions)
+        assert len(blocks) < 100, (h, S, OH, len(blocks))
+        for block in blocks:
+            positions = np.prod([len(range(total)[part]) for total, part in zip((members, n, OH), block)]) * OW
+            assert 2 * 8 * positions * (fan_in + width) <= left
