@@ -13,7 +13,9 @@ top to bottom:
 5. the losses and the alpha trick: F(w, x) = alpha [f(w, x) - f(w0, x)] and
    L(w) = 1 / (alpha^2 p) sum_mu l(y_mu F(w, x_mu));
 6. the integrator of gradient flow dw/dt = -grad L with the paper's adaptive
-   time step, generic over the state (kernels.py reuses it);
+   time step, generic over the state (kernels.py reuses it), and the same flow
+   by error-controlled Runge-Kutta rules (rk23, rkc, auto), each member of an
+   ensemble with its own step, method and stages;
 7. `train`: gradient flow or Adam on a network, with stop rules and records
    (the flow moves an FC net's first layer within the span of its data: `DataSpan`).
 
@@ -22,7 +24,8 @@ data set, differing only in their initialisation seed and in alpha. The engine
 trains S of them as one computation: every parameter array carries a leading
 member axis of S (`net.init([seed_1, ..., seed_S])`), every activation too, and
 each member keeps its own alpha, its own adaptive time step, its own records and
-its own stop. One network is the case S = 1 of the same code: `net.init(seed)`
+its own stop; its checkpoints are observed together with the others'. One
+network is the case S = 1 of the same code: `net.init(seed)`
 gives arrays without the member axis, and the engine adds and removes it. On the
 CPU, `train` splits an ensemble's members over the cores, and the samples of one
 large network: machine.py holds how the work is laid on the cores, memory and caches.
