@@ -1252,6 +1252,16 @@ class Ensemble:
                 k += 1
         return None if point is None else status_of(*values[len(observed):])
 
+    def start(self):
+        """The first checkpoint of every member and the members already fitted or diverged: one transfer."""
+        self.record(range(len(self)))
+        self.stop(self.flush(self.point))
+
+    def going(self):
+        """Stop the members at a limit (time, steps, wall); whether any member is still going."""
+        self.stop([self.limits.reached(t, steps) for t, steps in zip(self.t, self.steps)])
+        return len(self) > 0
+
     def record_due(self, pos):
         """Record those of the members at positions pos whose checkpoint is due."""
         self.record([i for i in pos if self.recorders[self.ids[i]].due(self.steps[i])])
@@ -1382,12 +1392,8 @@ def gradient_flow(system, state, *, integrator="paper", max_dgrad=1e-4, max_dout
     carried = [[xp.zeros_like(w) for w in state]] if tau > 0 else []
     run = Ensemble(system, state, system.evaluate(state), limits, checkpoints, callback, carried)
     run.dt[:] = dt
-    run.record(range(len(run)))
-    run.stop(run.flush(run.point))  # the first records and statuses: one transfer
-    while len(run):
-        run.stop([limits.reached(t, steps) for t, steps in zip(run.t, run.steps)])
-        if not len(run):
-            break
+    run.start()
+    while run.going():
         h = np.minimum(run.dt, max_time - run.t)  # the trial step: dt, or less to land on max_time
         last = h < run.dt
         trial_state, velocity = euler_step(run.state, run.carried[0] if tau > 0 else None, run.point.grad,
@@ -1734,12 +1740,8 @@ def runge_kutta_flow(system, state, integrator, tolerance, max_dout, dt, tau, li
     run.dt[:] = np.where(rho * dt > 2 * tolerance, 2 * tolerance / np.where(rho > 0, rho, 1.0), dt)
     run.evaluations += 1
     run.stiff[:] = integrator == "rkc"
-    run.record(range(len(run)))
-    run.stop(run.flush(run.point))  # the first records and statuses: one transfer
-    while len(run):
-        run.stop([limits.reached(t, steps) for t, steps in zip(run.t, run.steps)])
-        if not len(run):
-            break
+    run.start()
+    while run.going():
         to_end = limits.max_time - run.t
         h = np.minimum(run.dt, to_end)
         y0 = flow.join(run.state, run.carried)
@@ -1848,13 +1850,9 @@ def adam(objective, params, *, lr=1e-3, batch_size=32, seed=0, max_time=math.inf
                    zeros, "adam")
     batches = [minibatches(len(objective.y), batch_size, np.random.default_rng(s)) for s in seeds]
     run.dt[:] = lr
-    run.record(range(S))
-    run.stop(run.flush(run.point))
+    run.start()
     step = 0
-    while len(run):
-        run.stop([limits.reached(lr * step, step)] * len(run))
-        if not len(run):
-            break
+    while run.going():  # every member is at t = lr x step, after `step` steps
         drawn = [next(batches[i]) for i in run.ids]
         step += 1
         grad = run.system.evaluate(run.state, idx=xp.asarray(np.stack([b for b, _ in drawn]))).grad
