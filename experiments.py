@@ -27,8 +27,9 @@ DEFAULTS = {
     "seed": 0, "method": "flow", "integrator": "paper", "max_dgrad": 1e-4, "max_dout": 0.1, "tau": 0.0,
     "lr": 1e-3, "batch_size": 32, "max_time": None, "max_wall": None, "max_steps": None, "checkpoints": 20,
     # measurements: the kernel change on the first kernel_points test points (0: none), also
-    # along the run; the test predictor; the frozen-kernel baselines
-    "kernel_points": 0, "kernel_along": False, "store_F_test": False, "baselines": False,
+    # along the run; the test fit at every checkpoint (else at the end only); the test predictor;
+    # the frozen-kernel baselines
+    "kernel_points": 0, "kernel_along": False, "test_along": True, "store_F_test": False, "baselines": False,
     # and the distance of F on those points to the linear (frozen initial NTK) flow at t1/10, t1, 10 t1
     "linear_gap": False,
     # where and how
@@ -128,7 +129,7 @@ def fit_ensemble(configs):
                     subtract_f0=c["subtract_f0"], integrator=c["integrator"], max_dgrad=c["max_dgrad"],
                     max_dout=c["max_dout"], tau=c["tau"],
                     lr=c["lr"], batch_size=c["batch_size"], seed=[m["seed"] for m in cs],
-                    checkpoints=c["checkpoints"], callback=callbacks, **limits_of(c))
+                    checkpoints=c["checkpoints"], callback=callbacks, test_along=c["test_along"], **limits_of(c))
     n_params = sum(int(w[0].size) for w in params0)
     results = []
     for s, (run, alpha) in enumerate(zip(runs, alphas)):

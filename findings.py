@@ -218,9 +218,10 @@ RUN_KEYS = ("dataset", "pca", "d", "p", "p_test", "L", "arch", "kernel_points")
 
 
 def run_config(ctx, sizes, h, alpha_sqrt_h, seed, **extra):
-    """The experiments config of one run of a finding (the same sizes give the same config)."""
+    """The experiments config of one run of a finding (the same sizes give the same config). The findings
+    read the test set at the end of a run only (its F_test and test error), so checkpoints skip it."""
     config = {key: sizes[key] for key in RUN_KEYS if sizes.get(key) is not None}
-    config.update(h=h, alpha_sqrt_h=alpha_sqrt_h, seed=seed, store_F_test=True, checkpoints=20,
+    config.update(h=h, alpha_sqrt_h=alpha_sqrt_h, seed=seed, store_F_test=True, test_along=False, checkpoints=20,
                   linear_gap=bool(config.get("kernel_points")), max_steps=MAX_STEPS, device=ctx.device,
                   integrator=ctx.integrator, **extra)
     return config

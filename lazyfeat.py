@@ -852,10 +852,15 @@ class Point:
         return self.grad2
 
 
+def error_of(margins):
+    """Per member, the error: the fraction of points with y F <= 0."""
+    return array_module(margins).mean(margins <= 0, axis=-1)
+
+
 def fit_stats(margins, loss_fn):
     """Per member: alpha^2 L = mean l(y F), the error (fraction y F <= 0), how many points have y F < 1."""
     xp = array_module(margins)
-    return {"loss": xp.mean(loss_fn(margins, xp), axis=-1), "err": xp.mean(margins <= 0, axis=-1),
+    return {"loss": xp.mean(loss_fn(margins, xp), axis=-1), "err": error_of(margins),
             "unfitted": xp.sum(margins < 1, axis=-1)}
 
 
@@ -881,11 +886,13 @@ class Objective:
     `frozen` (S, fan_out, d - k): the first layer's weights for the input features that
     the training inputs lack (all zero there, `DataSpan`), held fixed; the test inputs
     have every feature, and the test predictor reads them.
+    test_along: observe the test set at every checkpoint (`observe`), or only at the end of a run (the
+    Run's F_test and test_error): a pass over the test set is often the dearest part of a checkpoint.
     """
 
     def __init__(self, net, params0, x, y, alpha, x_test=None, y_test=None,
-                 loss="softhinge", subtract_f0=True, chunk=CHUNK, frozen=None):
-        self.net, self.frozen = net, frozen
+                 loss="softhinge", subtract_f0=True, chunk=CHUNK, frozen=None, test_along=True):
+        self.net, self.frozen, self.test_along = net, frozen, test_along
         self.params0, self.single = net.members(params0)
         self.l, self.dl = check_loss(loss)
         self.chunk, self.cores = check_int("chunk", chunk), 1
@@ -968,9 +975,10 @@ class Objective:
         return self.alpha * (self.net.predict(self.complete(params), self.x_test, self.chunk, self.cores) - self.f0_test)
 
     def observe(self, params, point):
-        """The records of one checkpoint, one device value per member: train fit, |F|, test fit, |w - w0|."""
+        """The records of one checkpoint, one device value per member: train fit, |F|, |w - w0|, and the
+        test fit where the test set is observed along the run (test_along)."""
         xp = array_module(params[0])
-        F_test = self.test_predictor(params)
+        F_test = self.test_predictor(params) if self.test_along else None
         record = fit_record(point, self.l, None if F_test is None else self.y_test * F_test)
         record["w_dist"] = xp.sqrt(sum(member_dot(d, d) for d in (w - w0 for w, w0 in zip(params, self.params0))))
         return record
@@ -1151,7 +1159,8 @@ class Ensemble:
     Checkpoints are observed together: a member's checkpoint waits on the device
     (`record`) until a waiting member is due again, the last member stops, or a
     step rule asks (`flush`); then one pass observes them all and one transfer
-    brings them to the host. Members drift apart through their rejected steps, yet
+    brings them to the host, with the test errors of the members stopped since
+    the last. Members drift apart through their rejected steps, yet
     the checkpoints of an ensemble of any size cost at most about one transfer per
     checkpoint of one member's schedule, and every record, callback and Run is that
     of an immediate observation (the callbacks run later, in each member's order).
@@ -1170,6 +1179,7 @@ class Ensemble:
         self.callbacks = one_per_member(callback, S, "callback")
         self.runs = [None] * S
         self.everyone, self.pending = system, []  # the system of all S members observes the pending checkpoints
+        self.errors = []  # (ids, test error on the device) of stopped members, fetched with the next checkpoints
 
     def __len__(self):
         return len(self.ids)
@@ -1227,8 +1237,9 @@ class Ensemble:
         checkpoint, in the order the checkpoints were taken. Given `point` (of the running members), also
         return their statuses (`status_of` their `output_extremes`), fetched in the same transfer."""
         pending, self.pending = self.pending, []
+        errors, self.errors = self.errors, []
         extremes = [] if point is None else list(output_extremes(point))
-        if not pending and not extremes:
+        if not pending and not errors and not extremes:
             return None
         observed = {}
         if pending:
@@ -1240,17 +1251,18 @@ class Ensemble:
             if not np.array_equal(ids, np.arange(len(self.runs))):
                 system = system.take(array_module(F).asarray(ids, dtype=np.int64))
             observed = system.observe(state, Point(F, margins, loss))
-        values = to_host(*observed.values(), *extremes)
+        values = to_host(*observed.values(), *(error for _, error in errors), *extremes)
+        for (ids, _), error in zip(errors, values[len(observed):]):
+            for s, e in zip(ids, error):
+                self.runs[s].test_error = float(e)
         k = 0
         for checkpoints in pending:
             for s, record in zip(checkpoints.ids, checkpoints.records):
                 record.update({name: float(v[k]) for name, v in zip(observed, values)})
                 if self.callbacks[s] is not None:
                     record.update(self.callbacks[s]([w[k] for w in state], record) or {})
-                if self.runs[s] is not None:
-                    self.runs[s].test_error = record.get("test_err")
                 k += 1
-        return None if point is None else status_of(*values[len(observed):])
+        return None if point is None else status_of(*values[len(observed) + len(errors):])
 
     def start(self):
         """The first checkpoint of every member and the members already fitted or diverged: one transfer."""
@@ -1268,9 +1280,9 @@ class Ensemble:
 
     def stop(self, statuses):
         """Finish the members whose status is not None and drop them: a final checkpoint where their last one
-        is not at their t (it waits on the rows that their Run keeps), and their Run, whose records and
-        test_error are complete once their checkpoints are observed: at the latest when the last member
-        stops."""
+        is not at their t (it waits on the rows that their Run keeps), and their Run, with its test
+        predictor F_test. Its records and its test_error (the error of F_test, on the device until then) are
+        complete once the checkpoints are observed: at the latest when the last member stops."""
         pos = [i for i, status in enumerate(statuses) if status]
         if not pos:
             return
@@ -1281,12 +1293,14 @@ class Ensemble:
             self.wait(Checkpoints(self.ids[at], [self.fields(i, self.t[i]) for i in at], state, point,
                                   None if len(final) == len(pos) else final))
         F_test = system.test_predictor(state)
+        if F_test is not None:
+            self.errors.append((self.ids[pos], error_of(system.y_test * F_test)))
         for k, i in enumerate(pos):
             records = self.recorders[self.ids[i]].records
             self.runs[self.ids[i]] = Run(
                 statuses[i], [w[k] for w in state], point.take(k), records, int(self.steps[i]),
                 int(self.rejected[i]), float(self.t[i]), float(self.dt[i]), self.limits.wall(),
-                None if F_test is None else F_test[k], records[-1].get("test_err"), self.integrator,
+                None if F_test is None else F_test[k], None, self.integrator,
                 int(self.evaluations[i]))
         self.keep([i for i, status in enumerate(statuses) if not status])
         if not len(self):
@@ -1988,22 +2002,29 @@ class DataSpan:
         """Other inputs, rotated: x Q."""
         return x @ self.Q
 
-    def original(self, params, s):
-        """Member s's weights back in the input's own coordinates: its first layer's [W Q] Q^T."""
-        xp = array_module(params[0])
-        return [xp.concatenate([params[0], self.frozen[s]], axis=-1) @ self.Q.T] + list(params[1:])
+    def original(self, params, s, fixed=None):
+        """Member s's weights back in the input's own coordinates: its first layer's [W Q] Q^T, the trained
+        columns' W_r Q_r^T plus the frozen columns' part (`fixed_part`; given, or computed here)."""
+        fixed = self.fixed_part(s) if fixed is None else fixed
+        return [params[0] @ self.Q[:, :self.r].T + fixed] + list(params[1:])
+
+    def fixed_part(self, s):
+        """The frozen columns' part of member s's first layer in the input's coordinates: W_frozen Q_rest^T."""
+        return self.frozen[s] @ self.Q[:, self.r:].T
 
     def callback(self, callback, s):
-        """Member s's checkpoint callback, seeing the weights in the input's own coordinates (None stays None)."""
+        """Member s's checkpoint callback, seeing the weights in the input's own coordinates (None stays None).
+        The frozen columns' part is computed once, for every checkpoint."""
         if callback is None:
             return None
-        return lambda params, record: callback(self.original(params, s), record)
+        fixed = self.fixed_part(s)
+        return lambda params, record: callback(self.original(params, s, fixed), record)
 
 
 def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow", loss="softhinge",
           subtract_f0=True, max_dgrad=1e-4, max_dout=0.1, dt=1.0, tau=0.0, lr=1e-3, batch_size=32,
           seed=0, max_time=math.inf, max_wall=math.inf, max_steps=None, checkpoints=10,
-          callback=None, chunk=CHUNK, data_span=True, integrator="paper", tolerance=None):
+          callback=None, chunk=CHUNK, data_span=True, integrator="paper", tolerance=None, test_along=True):
     """Train F(w, x) = alpha [f(w, x) - f(w0, x)] on (x, y) from w0 = params0.
 
     params0: one network (`net.init(seed)`) with alpha a number, or an ensemble
@@ -2018,7 +2039,8 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
     checkpoint with the member's parameters and may return a dict of extra fields
     for the record (e.g. the kernel change). data_span: train the flow of an FC net with
     fewer samples than input features in the span of its data (`DataSpan`; the same run,
-    faster).
+    faster). test_along: records carry the test fit (test_err, test_loss) at every checkpoint;
+    False: the test set is observed once, at the end (F_test, test_error), and checkpoints are cheaper.
     Returns a `Run` for one network, a list of S `Run`s for an ensemble.
     """
     if method not in ("flow", "adam"):
@@ -2036,7 +2058,7 @@ def train(net, params0, x, y, alpha, x_test=None, y_test=None, *, method="flow",
         net, params0, x, frozen = span.net, span.params0, span.x, span.frozen
         callbacks = [span.callback(c, s) for s, c in enumerate(callbacks)]
         x_test = None if x_test is None else span.inputs(xp.asarray(x_test, dtype=dtype))
-    objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk, frozen)
+    objective = Objective(net, params0, x, y, alpha, x_test, y_test, loss, subtract_f0, chunk, frozen, test_along)
     if not single:
         check_memory(net, params0, objective.x, min(chunk, len(objective.x)))
     limits = dict(max_time=max_time, max_wall=max_wall, max_steps=max_steps, checkpoints=checkpoints)

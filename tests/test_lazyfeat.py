@@ -194,6 +194,33 @@ def test_momentum_flow_reaches_fitted():
     assert run.status == "fitted" and run.test_error < 0.2
 
 
+@SETTINGS
+@given(st.sampled_from([("flow", "paper"), ("flow", "auto"), ("adam", "paper")]),
+       st.lists(st.floats(-2, 2), min_size=1, max_size=3), st.integers(5, 60), st.integers(0, 2**16))
+def test_a_runs_test_error_is_that_of_its_test_predictor_whether_or_not_checkpoints_observe_the_test_set(
+        rule, log_alphas, max_steps, seed):
+    """test_error = the fraction of test points with y F_test <= 0, counted here on the host. Observing the
+    test set at every checkpoint (test_along) adds test_err and test_loss to each record, the last one
+    equal to the run's test error, and changes nothing else: the same records otherwise, the same ends."""
+    method, integrator = rule
+    x, y, xt, yt = toy_task(p=20, p_test=50, seed=seed)
+    net = lf.FC(5, 8, 2)
+    params0, alphas = net.init([seed, seed + 1, seed + 2][:len(log_alphas)]), [10.0**a for a in log_alphas]
+
+    def runs(test_along):
+        return lf.train(net, params0, x, y, alphas, xt, yt, method=method, integrator=integrator, lr=1e-2,
+                        max_steps=max_steps, checkpoints=5, test_along=test_along)
+
+    for along, end in zip(runs(True), runs(False)):
+        assert along.test_error == end.test_error == np.mean(yt * end.F_test <= 0)
+        assert along.records[-1]["test_err"] == along.test_error
+        assert not any("test_err" in r or "test_loss" in r for r in end.records)
+        assert [{k: v for k, v in r.items() if k not in ("test_err", "test_loss", "wall")} for r in along.records] \
+            == [{k: v for k, v in r.items() if k != "wall"} for r in end.records]
+        assert (along.status, along.steps_accepted, along.t) == (end.status, end.steps_accepted, end.t)
+        np.testing.assert_array_equal(along.F_test, end.F_test)
+
+
 def test_halving_the_step_bounds_shrinks_the_error_of_the_test_predictor():
     """Euler's error is first order in dt, and the adaptive dt shrinks with the bounds
     (as sqrt(max_dgrad) where dgrad binds): each halving brings F_test closer to a run
