@@ -23,6 +23,7 @@ The public names are run, Group, load, missing, key and result_path; bad input
 raises SweepError.
 """
 
+import atexit
 import concurrent.futures
 import contextlib
 import functools
@@ -331,16 +332,36 @@ def _blas_threads_for(workers):
             os.environ.pop(name, None)
 
 
+# The local processes of the last sweep, by their number and what they inherited (the environment, the
+# working directory, the import path): a sweep leaves them running for the next one, whose jobs then find
+# the modules imported and the data sets loaded (each process caches what it read).
+_POOLS = {}
+
+
+@atexit.register
+def _close_pools():
+    """Stop the kept processes while this process can still do it cleanly."""
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown()
+
+
 def _in_processes(batch, jobs, workers):
-    """Yield (job, results) for each job, computed by `workers` local processes."""
-    context = multiprocessing.get_context("spawn")
+    """Yield (job, results) for each job, computed by `workers` local processes: those of the last sweep if
+    it ended well with as many workers and they would inherit the same, else new ones."""
     with _blas_threads_for(workers):
-        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+        key = (workers, tuple(sorted(os.environ.items())), os.getcwd(), tuple(sys.path))
+        pool = _POOLS.pop(key, None) or concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"))
+        for other in _POOLS.values():
+            other.shutdown(wait=False)
+        _POOLS.clear()
         try:
             futures = {pool.submit(batch, job): job for job in jobs}
             yield from _as_they_finish(futures, concurrent.futures.as_completed)
-        finally:
+        except BaseException:
             pool.shutdown(cancel_futures=True)
+            raise
+        _POOLS[key] = pool
 
 
 def _on_dask(batch, jobs, scheduler):

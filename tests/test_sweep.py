@@ -201,6 +201,38 @@ def test_a_failing_run_in_a_worker_keeps_the_finished_results(tmp_path):
     assert sweep.missing(sweep_fns.fails_on_seed_3, CONFIGS, tmp_path) == [CONFIGS[3]]
 
 
+def pids_of(folder, configs):
+    """The ids of the processes that computed `configs`, from the markers in `folder`."""
+    wanted = {str(config["seed"]) for config in configs}
+    return {int(pid) for seeds, pid, _ in (name.split("-") for name in os.listdir(folder))
+            if wanted & set(seeds.split("_"))}
+
+
+def test_a_sweep_reuses_the_processes_of_the_last_one_unless_it_failed_or_what_they_inherit_changed(
+        tmp_path, markers):
+    """The processes stay for the next sweep with as many workers, their imports and data caches with
+    them: the same process ids. A sweep that failed, or a changed environment (`markers` sets
+    SWEEP_TEST_MARKERS anew), starts new ones."""
+    def run(fn, configs, name):
+        return sweep.run(fn, configs, tmp_path / name, workers=2, progress=False)
+
+    folder = markers("same")
+    run(features, CONFIGS[:4], "first")
+    run(features, CONFIGS[4:8], "second")
+    first = pids_of(folder, CONFIGS[:4])
+    assert first and pids_of(folder, CONFIGS[4:8]) <= first
+    with pytest.raises(sweep.SweepError):
+        run(sweep_fns.fails_on_seed_3, CONFIGS[8:12] + [CONFIGS[3]], "fails")
+    assert pids_of(folder, CONFIGS[8:12]) <= first
+    run(features, CONFIGS[12:], "after the failure")
+    after = pids_of(folder, CONFIGS[12:])
+    assert after and after.isdisjoint(first)
+    folder = markers("changed")
+    run(features, CONFIGS[:4], "changed")
+    changed = pids_of(folder, CONFIGS[:4])
+    assert changed and changed.isdisjoint(after | first)
+
+
 def test_a_failing_serial_run_raises_its_own_error_naming_its_config(tmp_path):
     with pytest.raises(ArithmeticError, match="unlucky") as error:
         sweep.run(sweep_fns.fails_on_seed_3, CONFIGS, tmp_path, progress=False)
